@@ -265,19 +265,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides; a numeric part indexes a list (``ingest.inputs.0.path=...``)."""
     data = copy.deepcopy(data)
     for item in overrides:
         parts, value = parse_override(item)
         node: Any = data
-        for i, p in enumerate(parts[:-1]):
-            nxt = node.get(p) if isinstance(node, dict) else None
-            if nxt is None:
-                nxt = {}
-                node[p] = nxt
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
-            node = nxt
-        node[parts[-1]] = value
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(f"override {item!r}: {where}: no such list item (the list has {len(node)})")
+                if last:
+                    node[int(p)] = value
+                else:
+                    node = node[int(p)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is not a section")
+            if last:
+                node[p] = value
+            else:
+                if node.get(p) is None:
+                    node[p] = {}
+                node = node[p]
     return data
 
 

@@ -90,3 +90,12 @@ def test_bad_yaml_and_bad_override_syntax(tmp_path):
 
 def test_override_creates_nested_sections():
     assert apply_overrides({}, ["a.b.c=3"]) == {"a": {"b": {"c": 3}}}
+
+
+def test_override_indexes_lists(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cfg = build_config({"ingest": {"inputs": [{"path": str(tmp_path / "a")}]}}, [f"ingest.inputs.0.path={tmp_path / 'b'}"])
+    assert cfg.ingest.inputs[0].path == str(tmp_path / "b")
+    with pytest.raises(ConfigError, match="no such list item"):
+        build_config({"ingest": {"inputs": []}}, ["ingest.inputs.3.path=x"])

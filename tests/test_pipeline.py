@@ -100,3 +100,35 @@ def test_sigkill_mid_stage_leaves_no_version_and_resume_matches(tmp_path, ray_lo
     assert clean.version.id == resumed.version.id
     assert rows_of(store, resumed.version.id) == rows_of(Store(tmp_path / "clean"), clean.version.id)
     assert resumed.version.manifest["counts"] == clean.version.manifest["counts"]
+
+
+@pytest.mark.ray
+def test_hostile_inputs_through_ray_end_in_the_quarantine_table(tmp_path, ray_local):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "mixed"
+    d.mkdir()
+    (d / "ok.py").write_text("x = 1\n")
+    (d / "bad.py").write_bytes(b"\xff\xfe\xfa not utf-8")
+    (d / "bin.py").write_bytes(b"\x00" * 64)
+    (d / "empty.py").write_text("")
+    (d / "docs.jsonl").write_text(json.dumps({"text": "fine"}) + "\n{broken\n")
+    pq.write_table(pa.table({"text": ["a", "b"]}), d / "t.parquet")
+    (d / "cut.parquet").write_bytes((d / "t.parquet").read_bytes()[:40])
+    cfg = load_config(write_cfg(tmp_path, d, tmp_path / "out", 10), ["ingest.inputs.0.extensions=[]"])
+    (run,) = run_pipeline(cfg, progress=False)
+    counts = run.version.manifest["counts"]
+    q = run.version.read_table("quarantine").to_pylist()
+    reasons = sorted((Path(r["source"]).name, r["reason"]) for r in q)
+    assert reasons == [
+        ("bad.py", "undecodable"),
+        ("bin.py", "binary"),
+        ("cut.parquet", "corrupt_parquet"),
+        ("docs.jsonl", "malformed_json"),
+        ("empty.py", "empty"),
+    ]
+    assert counts["out"] == 4  # ok.py, one JSONL line, two Parquet rows
+    assert counts["in"] == counts["out"] + sum(counts["quarantined"].values()) == 9

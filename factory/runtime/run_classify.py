@@ -154,8 +154,6 @@ def run_score(ctx: StageContext) -> tuple[Version, bool]:
             batch_format="numpy",
             concurrency=min(f.num_workers, len(todo)),
             num_cpus=1,
-            max_restarts=2,
-            max_task_retries=2,
         ).take_all()
     done = writer.done_shards()
     missing = [p.stem for p in files if p.stem not in done]

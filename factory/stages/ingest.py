@@ -118,23 +118,18 @@ def plan(cfg: IngestConfig) -> list[IngestTask]:
         return tasks
     for spec in cfg.inputs:
         root = Path(spec.path).expanduser()
-        fmt = _detect_format(root, spec)
         label = root.name or str(root)
-        files = _list_files(root, spec) if root.is_dir() else [str(root)]
         spec_d = spec.model_dump()
-        if fmt == "files":
-            for i in range(0, len(files), cfg.rows_per_shard):
-                add("files", label, files[i : i + cfg.rows_per_shard], spec_d)
-        else:
-            for f in files:
-                if root.is_dir() and spec.format == "auto":
-                    sub = _detect_format(Path(f), spec)
-                    if sub == "files":
-                        add("files", label, [f], spec_d)
-                        continue
-                    add(sub, label, [f], spec_d)
-                else:
-                    add(fmt, label, [f], spec_d)
+        # format "auto" decides per file: .jsonl / .parquet files are record files, anything else a document
+        by_format: dict[str, list[str]] = {"files": [], "jsonl": [], "parquet": []}
+        for f in _list_files(root, spec):
+            by_format[_detect_format(Path(f), spec)].append(f)
+        files = by_format["files"]
+        for i in range(0, len(files), cfg.rows_per_shard):
+            add("files", label, files[i : i + cfg.rows_per_shard], spec_d)
+        for fmt in ("jsonl", "parquet"):
+            for f in by_format[fmt]:
+                add(fmt, label, [f], spec_d)
     return tasks
 
 
