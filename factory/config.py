@@ -194,8 +194,11 @@ class ProbeConfig(Section):
     max_tokens: int = Field(200_000, ge=1, description="training-token budget, equal for every version compared")
     seeds: list[int] = Field(default_factory=lambda: [0])
     micro_batch_size: int = Field(8, ge=1)
-    humaneval_problems: int = Field(4, ge=0)
-    compare_unfiltered: bool = True
+    humaneval_problems: int = Field(4, ge=0, description="HumanEval problems to sample for pass@k (0: skip)")
+    max_new_tokens: int = Field(64, ge=1)
+    compare_unfiltered: bool = Field(True, description="also train on the dataset before score/filter, same budget")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_gpus: float = Field(0, ge=0, description="GPUs the probe's Ray task asks for")
 
 
 # --------------------------------------------------------------------------------------------- pipeline

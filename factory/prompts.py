@@ -212,10 +212,16 @@ def load_list(ref: str, root: Path | None = None) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- parsing
-_NUM = r"([-+]?\d+(?:\.\d+)?)"
+_NUM = r"([-+]?\d+(?:\.\d)?)(?!\.?\d)"  # scores have at most one decimal: 3.14159 is not one
 _LABELED = re.compile(
     r"(?:educational[\s_-]*)?(?:score|rating|grade|points?|value)\s*(?:is|of|=|:|-)?\s*[*_`\"'(\[]*\s*" + _NUM
     + r"(?:\s*(?:/|out\s+of)\s*(\d+))?",
+    re.I,
+)
+# prose: "the educational value of this code is 0", "I would rate it a 4", "rated as a 3"
+_PROSE = re.compile(
+    r"(?:\b(?:score|rating|value|grade)\b[^.\n\d]{0,40}?\b(?:is|be|of|at)\b|\brat(?:e|ed|ing)\b[^.\n\d]{0,30}?)"
+    r"\s*(?:a|an|as|at)?\s*[*_`\"'(\[]*" + _NUM + r"(?![\d.]*\s*%)(?:\s*(?:/|out\s+of)\s*(\d+))?",
     re.I,
 )
 _FRACTION = re.compile(_NUM + r"\s*(?:/|out\s+of)\s*(\d+)", re.I)
@@ -264,6 +270,10 @@ def parse_score(reply: str | None, lo: float, hi: float) -> ParseResult:
             continue
         if _in_range(v, lo, hi):
             return ParseResult(v, "ok", "labeled")
+    for m in reversed(list(_PROSE.finditer(text))):
+        v = float(m.group(1))
+        if (m.group(2) is None or float(m.group(2)) == hi) and _in_range(v, lo, hi):
+            return ParseResult(v, "ok", "prose")
     for m in reversed(list(_FRACTION.finditer(text))):
         if float(m.group(2)) == hi and _in_range(float(m.group(1)), lo, hi):
             return ParseResult(float(m.group(1)), "ok", "fraction")

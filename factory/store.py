@@ -371,6 +371,34 @@ class Store:
             chain.append(self.get(parent))
         return chain
 
+    def ancestry(self, ref: str) -> list[dict[str, Any]]:
+        """Every version this one depends on, through parents and side inputs (a classifier, a baseline), as
+        small records: what a scorecard carries so it can be traced back to raw files and prompt templates."""
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        todo = [self.resolve(ref)]
+        while todo:
+            vid = todo.pop(0)
+            if vid in seen or not self.exists(vid):
+                continue
+            seen.add(vid)
+            v = self.get(vid)
+            m = v.manifest
+            rec = {
+                "id": vid,
+                "kind": v.kind,
+                "stage": v.stage,
+                "parent": v.parent,
+                "inputs": m.get("inputs") or {},
+                "counts": m.get("counts"),
+            }
+            for key in ("sources", "template", "featurizer", "model_id"):
+                if key in m:
+                    rec[key] = m[key]
+            out.append(rec)
+            todo += [p for p in [v.parent, *(m.get("inputs") or {}).values()] if p]
+        return out
+
     def diff(self, a: str, b: str) -> dict[str, Any]:
         va, vb = self.get(a), self.get(b)
         ids_a = set(va.read(["id"]).column("id").to_pylist()) if va.data_files() else set()

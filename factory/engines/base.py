@@ -25,7 +25,7 @@ import json
 import math
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 from factory.config import EngineConfig

@@ -14,7 +14,6 @@ converts a GGUF once into a safetensors directory with transformers.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -55,7 +54,12 @@ def ensure_hf_model(gguf: str | Path, out_dir: str | Path, dtype: str = "bfloat1
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
-    tmp.rename(out) if not out.exists() else None
+    if out.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
     return out
 
 
@@ -100,6 +104,8 @@ class VLLMEngine(Engine):
             model=str(model),
             tokenizer=str(model),
             tensor_parallel_size=cfg.tensor_parallel_size,
+            # TP>1: worker processes inside this actor over the GPUs Ray gave it (no nested placement group)
+            distributed_executor_backend="mp" if cfg.tensor_parallel_size > 1 else None,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_prefix_caching=cfg.enable_prefix_caching,
             max_model_len=cfg.max_model_len or cfg.n_ctx,
@@ -200,5 +206,3 @@ def vllm_env_defaults(cfg: EngineConfig) -> None:
         # re-import the caller's __main__ and doubles the start-up time on small models
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-
-__all__ = ["VLLMEngine", "ensure_hf_model", "vllm_identity", "vllm_env_defaults", "json"]

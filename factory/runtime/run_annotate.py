@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 class EngineWorker:
-    """Ray Data class UDF: one engine (one model) per actor; replies go to the cache as batches finish."""
+    """Ray Data class UDF: one engine (one model) per actor; replies go to the cache as they arrive."""
 
     def __init__(self, engine_cfg: dict[str, Any], cache_dir: str):
         self.engine = make_engine(EngineConfig.model_validate(engine_cfg))
@@ -49,8 +49,8 @@ class EngineWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         reqs = [ChatRequest(**json.loads(r)) for r in batch["request"]]
-        responses = self.engine.generate(reqs)
-        self.cache.put_many(responses)
+        # each reply is fsynced to the cache as it arrives: a kill loses at most the request in flight
+        responses = self.engine.generate(reqs, on_response=self.cache.put)
         return {"key": [r.key for r in responses], "response": [json.dumps(r.to_json()) for r in responses]}
 
 
@@ -134,10 +134,13 @@ def run_annotate(ctx: StageContext):
     keys_table = parent.read(["id", cfg.stratify_by] if cfg.stratify_by and cfg.stratify_by != "id" else ["id"])
     positions = annotate_stage.sample_table(keys_table, cfg)
     wanted = set(keys_table.column("id").take(pa.array(positions, pa.int64())).to_pylist()) if positions else set()
-    full = parent.read(["id", "text", "source", "meta"])
-    by_id = {}
-    for row in full.filter(pc.is_in(full.column("id"), pa.array(sorted(wanted), pa.string()))).to_pylist():
-        by_id.setdefault(row["id"], row)
+    by_id: dict[str, dict[str, Any]] = {}
+    value_set = pa.array(sorted(wanted), pa.string())
+    for batch in parent.iter_batches(columns=["id", "text", "source", "meta"], batch_size=4096):
+        # stream the parent: only the sampled documents' text is ever held in memory
+        t = pa.Table.from_batches([batch])
+        for row in t.filter(pc.is_in(t.column("id"), value_set)).to_pylist():
+            by_id.setdefault(row["id"], row)
     docs = [by_id[i] for i in keys_table.column("id").take(pa.array(positions, pa.int64())).to_pylist()] if positions else []
     annot = Annotator(cfg, template, ident)
     requests = [annot.request(d) for d in docs]

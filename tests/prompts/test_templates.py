@@ -119,6 +119,9 @@ NOISY = [
     ("3 - clear code, few comments", 3.0),
     ("Rating: 2 out of 5", 2.0),
     ("score=5", 5.0),
+    ("The educational value of this code is 0.\n\nThe educational value of this code is 0.", 0.0),
+    ("I would rate this code a 4 because it is clear.", 4.0),
+    ("The number 2 is rated as a 3.", 3.0),
 ]
 EMPTY = [None, "", "   ", "\n\n"]
 MALFORMED = [
@@ -130,6 +133,8 @@ MALFORMED = [
     "-1",
     "Educational score: <total points>",
     "\x00\x01\x02",
+    "The code is a simple implementation of the percolation centrality. It uses 2 loops.",
+    "The value of pi is 3.14159 and the rating is high.",
 ]
 
 

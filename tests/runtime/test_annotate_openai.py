@@ -9,8 +9,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -68,12 +73,11 @@ def dataset_dir(tmp_path_factory):
     return root / "versions" / "ingest-annottest"
 
 
-def _ctx(root: Path, dataset_dir: Path, server: LlamaServer, cache: Path, **engine):
+def _cfg(root: Path, dataset_dir: Path, server: LlamaServer, cache: Path, **engine) -> dict:
     vdir = root / "versions" / dataset_dir.name
     if not vdir.exists():
         shutil.copytree(dataset_dir, vdir)
-    cfg = build_config(
-        {
+    return {
             "output_root": str(root),
             "stages": ["ingest", "annotate"],
             "engine": {
@@ -88,7 +92,10 @@ def _ctx(root: Path, dataset_dir: Path, server: LlamaServer, cache: Path, **engi
             },
             "annotate": {"sample_size": N, "max_doc_chars": 150, "max_tokens": 16, "rows_per_shard": 4},
         }
-    )
+
+
+def _ctx(root: Path, dataset_dir: Path, server: LlamaServer, cache: Path, **engine):
+    cfg = build_config(_cfg(root, dataset_dir, server, cache, **engine))
     store = Store(root)
     return StageContext(cfg, store, "annotate", latest={"dataset": store.get(dataset_dir.name)}, progress=False)
 
@@ -194,6 +201,42 @@ def test_budget_runs_out_then_resumes(out_root, dataset_dir, server):
     pt = partial.read().sort_by("id")
     ft = v.read().filter(pa.compute.is_in(v.read().column("id"), pt.column("id"))).sort_by("id")
     assert pt.equals(ft)
+
+
+RUN_STAGE = """
+import json, sys
+from factory.config import build_config
+from factory.pipeline import StageContext
+from factory.runtime.run_annotate import run_annotate
+from factory.store import Store
+cfg = build_config(json.loads(sys.argv[1]))
+store = Store(cfg.output_root)
+run_annotate(StageContext(cfg, store, "annotate", latest={"dataset": store.get("ingest-annottest")}, progress=False))
+"""
+
+
+def test_driver_killed_mid_stage_loses_only_in_flight(out_root, dataset_dir, server):
+    root = out_root / "driverkill"
+    cache = out_root / "driverkill-cache"
+    cfg = _cfg(root, dataset_dir, server, cache, max_concurrency=1)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    p = subprocess.Popen([sys.executable, "-c", RUN_STAGE, json.dumps(cfg)], cwd=repo, env=env)
+    deadline = time.time() + 120
+    while sum(count_lines(cache).values()) < 3 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+    done = len(count_lines(cache))
+    assert 3 <= done < N and not Store(root).list()[1:]  # nothing committed but the dataset
+    v, cached = run_annotate(_ctx(root, dataset_dir, server, cache, max_concurrency=1))
+    assert not cached
+    _check_version(v)
+    stats = v.manifest["annotate_stats"]
+    assert stats["cached_responses"] == done and stats["new_requests"] == N - done
+    lines = count_lines(cache)
+    assert len(lines) == N and set(lines.values()) == {1}
 
 
 def test_the_key_is_in_no_file_the_runs_wrote(out_root):

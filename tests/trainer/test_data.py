@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.data import TokenShards, WindowSampler, pack_documents, pack_parquet_files, read_meta, split_of
+from trainer.data import TokenShards, WindowSampler, pack_parquet_files, read_meta, split_of
 
 
 def _stream(token_dir, split):
