@@ -100,7 +100,9 @@ def main() -> None:
             label_threshold=args.label_threshold, val_fraction=0.25,
         )
         t0 = time.time()
-        r = train_quality_model(data_table, cfg, cache_dir=args.cache, threads=os.cpu_count())
+        # llama.cpp's OpenMP threads spin-wait: on a shared machine more threads than free cores is far slower
+        threads = 1 if feat == "smollm" else os.cpu_count()
+        r = train_quality_model(data_table, cfg, cache_dir=args.cache, threads=threads)
         assert [r.data.ids[i] for i in r.split.val] == val_ids  # the very same held-out rows
         models[(feat, model, objective)] = r
         v = r.metrics["validation"]

@@ -234,6 +234,8 @@ class EmbeddingCache:
 class CachedFeaturizer:
     """A featurizer with the on-disk cache in front: only texts never seen under this featurizer id are embedded."""
 
+    CHUNK = 256
+
     def __init__(self, inner: Featurizer, cache_dir: str | Path | None):
         self.inner = inner
         self.name = inner.name
@@ -256,9 +258,13 @@ class CachedFeaturizer:
         self.cache.hits += len(texts) - sum(1 for v in found if v is None)
         if todo:
             self.cache.misses += len(todo)
-            new = self.inner.embed([texts[i] for i in todo.values()])
-            self.cache.put_many(list(todo), new)
-            fresh = dict(zip(todo, new))
+            fresh: dict[str, np.ndarray] = {}
+            pending = list(todo.items())
+            for j in range(0, len(pending), self.CHUNK):  # persisted chunk by chunk: a killed run keeps its progress
+                part = pending[j : j + self.CHUNK]
+                new = self.inner.embed([texts[i] for _, i in part])
+                self.cache.put_many([k for k, _ in part], new)
+                fresh.update(zip((k for k, _ in part), new))
             for i, (k, v) in enumerate(zip(keys, found)):
                 if v is None:
                     out[i] = fresh[k]

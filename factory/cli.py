@@ -197,8 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a clear one-line message; -v for the traceback
+        from factory.engines.base import BudgetExhausted, EngineUnavailable
         from factory.store import StoreError
 
+        if isinstance(e, BudgetExhausted) and not args.verbose:
+            print(f"stopped: {e}\nwhat was done is committed and cached; rerun with a larger budget to finish", file=sys.stderr)
+            return 3
+        if isinstance(e, EngineUnavailable) and not args.verbose:
+            print(f"error: the LLM engine is unavailable: {e}\nfinished requests are cached; rerun to resume", file=sys.stderr)
+            return 4
         if isinstance(e, StoreError) and not args.verbose:
             print(f"error: {e}", file=sys.stderr)
             return 1

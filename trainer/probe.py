@@ -1,6 +1,6 @@
 """One call for the CLI / pipeline: train + evaluate a probe per seed on one dataset version, write scorecards.
 
-    cfg = load_probe_config("pipelines/probe_phi1.yaml")
+    cfg = load_probe_config("trainer/configs/probe_phi1.yaml")
     paths = run_probe("v5", lineage, token_dir, "factory-data/probes", cfg)
     print(compare_scorecards(paths_of_all_versions))
 """

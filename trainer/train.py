@@ -57,7 +57,8 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda
     dtype: str = "auto"                  # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
     engine: str = "torch"                # torch | deepspeed (ZeRO-2; trainer/engine.py)
-    attention: str = "sdpa"              # sdpa | flash (flash-attn package, CUDA only)
+    attention: str = "sdpa"              # sdpa (PyTorch picks) | flash (flash-attn package) | sdpa-flash |
+                                         # sdpa-cudnn | sdpa-efficient (force one SDPA backend; CUDA only)
     peak_flops: Optional[float] = None   # FLOP/s for MFU; None: known GPU table, unknown on CPU
     compile: bool = False                # torch.compile the model
     stop_after_steps: Optional[int] = None  # stop early (the schedule still assumes the full budget)
@@ -259,10 +260,11 @@ def train_probe(token_dir: str | Path, out_dir: str | Path, train_cfg: TrainConf
     seed_everything(cfg.seed)
     mcfg = build_model_config(cfg, meta, recipe)
     model = PhiModel(mcfg)
-    if cfg.attention == "flash" or cfg.engine == "deepspeed":
+    if cfg.attention != "sdpa" or cfg.engine == "deepspeed":
         from trainer import engine  # lazy: CPU needs neither deepspeed nor flash-attn
-        if cfg.attention == "flash":
-            model.set_attention_fn(engine.flash_attention_fn())
+        fn = engine.attention_fn_for(cfg.attention)
+        if fn is not None:
+            model.set_attention_fn(fn)
 
     tokens_per_step = cfg.batch_size * cfg.seq_len
     total_steps = max(1, cfg.max_tokens // tokens_per_step)

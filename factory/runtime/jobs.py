@@ -47,17 +47,29 @@ def package_job(cfg: PipelineConfig) -> Path:
     return work
 
 
-def submit(cfg: PipelineConfig, address: str, job_id: str | None = None, pip: list[str] | None = None) -> str:
+def submit(
+    cfg: PipelineConfig, address: str, job_id: str | None = None, pip: list[str] | None = None, agent_wait_s: float = 120
+) -> str:
     work = package_job(cfg)
     runtime_env: dict = {"working_dir": str(work), "env_vars": {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}}
     if pip:
         runtime_env["pip"] = pip
-    sid = client(address).submit_job(
-        entrypoint="python -m factory.cli run pipeline.yaml --no-progress",
-        runtime_env=runtime_env,
-        submission_id=job_id,
-        metadata={"pipeline": cfg.name},
-    )
+    c = client(address)
+    deadline = time.time() + agent_wait_s
+    while True:
+        try:
+            sid = c.submit_job(
+                entrypoint="python -m factory.cli run pipeline.yaml --no-progress",
+                runtime_env=runtime_env,
+                submission_id=job_id,
+                metadata={"pipeline": cfg.name},
+            )
+            break
+        except RuntimeError as e:
+            # a head whose dashboard is up before its job agent answers 500 "No available agent"; Ray says retry
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2)
     shutil.rmtree(work, ignore_errors=True)  # uploaded to the cluster's GCS by now
     return sid
 

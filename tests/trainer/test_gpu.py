@@ -48,6 +48,17 @@ def test_sdpa_flash_backend_matches_math():
     assert (a.float() - b).abs().max().item() < 2e-2
 
 
+def test_sdpa_cudnn_backend_matches_math():
+    _need_cuda()
+    from trainer.engine import sdpa_cudnn_fn
+    from trainer.model import sdpa_attention
+
+    q, k, v = _qkv()
+    a = sdpa_cudnn_fn()(q, k, v, 0.0)
+    b = sdpa_attention(q.float(), k.float(), v.float(), 0.0)
+    assert (a.float() - b).abs().max().item() < 2e-2
+
+
 def _tokens(tmp_path):
     import sysconfig
     from pathlib import Path
@@ -84,3 +95,14 @@ def test_deepspeed_zero2_bf16_step(tmp_path):
     s = train_probe(tok, tmp_path / "run", cfg)
     assert s["steps"] == 10 and s["final_train_loss"] < 10.9
     assert (tmp_path / "run" / "checkpoint" / "client.json").exists()
+
+
+def test_torch_training_with_sdpa_cudnn_and_compile(tmp_path):
+    _need_cuda()
+    from trainer.train import TrainConfig, train_probe
+
+    tok = _tokens(tmp_path)
+    s = train_probe(tok, tmp_path / "run", TrainConfig(preset="tiny", seq_len=256, batch_size=8, micro_batch_size=8,
+                                                       max_tokens=8 * 256 * 10, log_every=5, attention="sdpa-cudnn",
+                                                       compile=True))
+    assert s["steps"] == 10 and s["final_train_loss"] < 10.9

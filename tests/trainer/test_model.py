@@ -78,3 +78,17 @@ def test_loss_and_last_only_logits():
         full, loss = m(x, x)
         last, _ = m(x, last_only=True)
     assert loss.ndim == 0 and torch.allclose(full[:, -1:], last, atol=1e-5)
+
+
+def test_attention_fn_for_names():
+    from trainer.engine import attention_fn_for
+
+    assert attention_fn_for("sdpa") is None
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 64) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(attention_fn_for("sdpa-math")(q, k, v, 0.0), ref, atol=1e-6)
+    with pytest.raises(ValueError):
+        attention_fn_for("nope")
+    with pytest.raises(ValueError):
+        attention_fn_for("sdpa-nope")

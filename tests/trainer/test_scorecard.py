@@ -39,3 +39,15 @@ def test_compare_marks_noise(tmp_path):
     assert lines[0].split()[:4] == ["version", "preset", "seeds", "tokens"]
     assert lines[2].startswith("v_good") and "3.000 ± 0.010" in lines[2]
     assert "within noise" in table
+
+
+def test_every_shipped_probe_config_loads():
+    from pathlib import Path
+
+    from trainer.probe import load_probe_config
+
+    shipped = sorted((Path(__file__).resolve().parents[2] / "trainer" / "configs").glob("*.yaml"))
+    assert len(shipped) >= 2
+    for p in shipped:
+        cfg = load_probe_config(p)
+        assert cfg.train.recipe in ("phi-1", "phi-1.5") and cfg.seeds, p
