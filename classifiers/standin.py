@@ -24,25 +24,7 @@ import hashlib
 import pyarrow as pa
 import xxhash
 
-ANNOTATION_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("text", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("meta", pa.string()),
-        pa.field("score", pa.float64()),
-        pa.field("expected_score", pa.float64()),
-        pa.field("raw_reply", pa.string()),
-        pa.field("parse_status", pa.string()),
-        pa.field("engine", pa.string()),
-        pa.field("model", pa.string()),
-        pa.field("template_id", pa.string()),
-        pa.field("template_hash", pa.string()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
-        pa.field("latency_s", pa.float64()),
-    ]
-)
+from factory.stages.annotate import ANNOTATION_SCHEMA  # noqa: E402  the columns the LLM stage writes
 
 TEMPLATE_ID = "standin/heuristic_python_v1"
 TEMPLATE_HASH = hashlib.sha256(__doc__.encode()).hexdigest()[:16]

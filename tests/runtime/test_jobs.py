@@ -42,7 +42,7 @@ def ray_head():
     address = f"http://127.0.0.1:{dash}"
     # probed from a fresh process: Ray reads its auth mode once per process, at import
     probe = f"from factory.runtime.jobs import client; client({address!r}).list_jobs()"
-    deadline = time.time() + 120
+    deadline = time.time() + 240  # a loaded 2-core CI box can take minutes
     while True:
         ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
         if ok:
