@@ -123,7 +123,7 @@ def verdict(best: dict[str, Any], row: dict[str, Any], m: str) -> str:
     delta = mr - mb
     if best[m + "_n"] < 2 or row[m + "_n"] < 2 or sb is None or sr is None:
         return f"{delta:+.3f} within noise (<2 seeds)"
-    if abs(delta) < math.sqrt(sb ** 2 + sr ** 2):
+    if delta == 0 or abs(delta) < math.sqrt(sb ** 2 + sr ** 2):  # a tie is no difference, even at zero spread
         return f"{delta:+.3f} within noise"
     return f"{delta:+.3f}"
 

@@ -51,3 +51,12 @@ def test_every_shipped_probe_config_loads():
     for p in shipped:
         cfg = load_probe_config(p)
         assert cfg.train.recipe in ("phi-1", "phi-1.5") and cfg.seeds, p
+
+
+def test_a_tie_with_zero_spread_is_within_noise(tmp_path):
+    for s in range(2):  # every probe scores pass@1 = 0, as tiny probes do: no difference to report
+        _card(tmp_path, "v_a", s, 3.0 + s * 0.01, 5.0, 0.0)
+        _card(tmp_path, "v_b", s, 3.5 + s * 0.01, 5.0, 0.0)
+    rows = {r["version"]: r for r in compare_rows(json.loads(p.read_text()) for p in tmp_path.glob("*.json"))}
+    verdicts = {rows[v]["pass@1_verdict"] for v in rows}
+    assert verdicts <= {"best", "+0.000 within noise"} and "+0.000 within noise" in verdicts
