@@ -147,6 +147,14 @@ def fingerprint(tasks: list[IngestTask]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- reading
+def _os_error(path: str, e: OSError, q: Quarantine) -> None:
+    if isinstance(e, FileNotFoundError):
+        q.add(path, -1, "vanished", "listed but gone when read")
+    else:
+        q.add(path, -1, "unreadable", f"{type(e).__name__}: {e}")
+    return None
+
+
 class Ingest:
     name = "ingest"
 
@@ -168,36 +176,29 @@ class Ingest:
 
     # one document per file ------------------------------------------------------------------
     def _read_files(self, path: str, task: IngestTask, q: Quarantine) -> Iterator[dict[str, Any] | None]:
+        yield self._read_file(path, task, q)
+
+    def _read_file(self, path: str, task: IngestTask, q: Quarantine) -> dict[str, Any] | None:
         try:
             size = os.stat(path).st_size
-            if size > self.cfg.max_doc_bytes:
+            if size > self.cfg.max_doc_bytes:  # never read a huge file just to reject it
                 q.add(path, -1, "oversized", f"{size} bytes > max_doc_bytes={self.cfg.max_doc_bytes}")
-                yield None
-                return
+                return None
             with open(path, "rb") as f:
                 data = f.read(self.cfg.max_doc_bytes + 1)
-        except FileNotFoundError:
-            q.add(path, -1, "vanished", "listed but gone when read")
-            yield None
-            return
         except OSError as e:
-            q.add(path, -1, "unreadable", f"{type(e).__name__}: {e}")
-            yield None
-            return
+            return _os_error(path, e, q)
         if len(data) > self.cfg.max_doc_bytes:  # grew after the stat
             q.add(path, -1, "oversized", f"> max_doc_bytes={self.cfg.max_doc_bytes}")
-            yield None
-            return
+            return None
         text = self._decode(data, path, -1, q)
         if text is None:
-            yield None
-            return
+            return None
         if len(text.strip()) < max(1, self.cfg.min_doc_chars):
             q.add(path, -1, "empty", f"{len(text)} chars")
-            yield None
-            return
+            return None
         meta = {"path": path, "ext": Path(path).suffix, "bytes": len(data)}
-        yield {"id": doc_id(path, 0, text), "text": text, "source": task.label, "meta": json.dumps(meta)}
+        return {"id": doc_id(path, 0, text), "text": text, "source": task.label, "meta": json.dumps(meta)}
 
     def _decode(self, data: bytes, src: str, pos: int, q: Quarantine) -> str | None:
         if b"\x00" in data[:BINARY_SNIFF_BYTES]:
@@ -214,13 +215,8 @@ class Ingest:
         field, id_field = task.spec.get("text_field", "text"), task.spec.get("id_field")
         try:
             f = open(path, "rb")
-        except FileNotFoundError:
-            q.add(path, -1, "vanished", "listed but gone when read")
-            yield None
-            return
         except OSError as e:
-            q.add(path, -1, "unreadable", f"{type(e).__name__}: {e}")
-            yield None
+            yield _os_error(path, e, q)
             return
         with f:
             for lineno, raw in enumerate(f, start=1):
@@ -277,9 +273,8 @@ class Ingest:
         try:
             pf = pq.ParquetFile(path)
             names = pf.schema_arrow.names
-        except FileNotFoundError:
-            q.add(path, -1, "vanished", "listed but gone when read")
-            yield None
+        except FileNotFoundError as e:
+            yield _os_error(path, e, q)
             return
         except Exception as e:  # ArrowInvalid / OSError for truncated or corrupt files
             q.add(path, -1, "corrupt_parquet", f"{type(e).__name__}: {e}")

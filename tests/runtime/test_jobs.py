@@ -33,7 +33,12 @@ def ray_head():
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{ray_bin.parent}{os.pathsep}{os.environ['PATH']}"}
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}"],
+         f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}",
+         # a second Ray on this machine (the session's ray_local) holds the default agent ports: the job agent
+         # of this head would never come up and every submission would get 500 "No available agent"
+         *(f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                  "metrics-export-port", "runtime-env-agent-port",
+                                                  "ray-client-server-port"))],
         env=env,
         start_new_session=True,  # our own process group: stopping it never touches other Ray instances
         stdout=subprocess.DEVNULL,
