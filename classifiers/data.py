@@ -25,7 +25,7 @@ class TrainingData:
     texts: list[str]
     scores: np.ndarray  # the LLM's parsed score (float)
     expected: np.ndarray  # the LLM's expected score when the annotator logged one, else NaN
-    labels: np.ndarray  # int 0/1: score >= label_threshold
+    labels: np.ndarray  # int 0/1: score (or expected score, with label_from) >= label_threshold
     n_total: int
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> rows not used
 
@@ -36,7 +36,11 @@ class Split:
     val: np.ndarray
 
 
-def load_training_data(table: pa.Table, label_threshold: float, min_rows: int) -> TrainingData:
+def load_training_data(
+    table: pa.Table, label_threshold: float, min_rows: int, label_from: str = "score"
+) -> TrainingData:
+    """``label_from="expected_score"`` labels by the logprob-weighted score where the annotator logged one (a weak
+    judge's argmax is mostly 0 or 1; its expectation still ranks documents), else by the parsed score."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ClassifierDataError(
@@ -75,11 +79,13 @@ def load_training_data(table: pa.Table, label_threshold: float, min_rows: int) -
         )
     keep.sort(key=lambda i: ids[i])
     s = np.asarray([float(scores[i]) for i in keep], np.float64)
-    labels = (s >= label_threshold).astype(np.int64)
+    exp = np.asarray([np.nan if expected[i] is None else float(expected[i]) for i in keep], np.float64)
+    basis = np.where(np.isfinite(exp), exp, s) if label_from == "expected_score" else s
+    labels = (basis >= label_threshold).astype(np.int64)
     n_pos = int(labels.sum())
     n_neg = len(keep) - n_pos
     if n_pos == 0 or n_neg == 0:
-        dist = ", ".join(f"{k:g}: {v}" for k, v in sorted(Counter(s.tolist()).items()))
+        dist = ", ".join(f"{k:g}: {v}" for k, v in sorted(Counter(np.round(basis, 1).tolist()).items()))
         which = "positive" if n_neg == 0 else "negative"
         raise ClassifierDataError(
             f"all {len(keep)} usable annotation rows are {which} at classifier.label_threshold={label_threshold:g} "
@@ -92,7 +98,6 @@ def load_training_data(table: pa.Table, label_threshold: float, min_rows: int) -
             f"label_threshold={label_threshold:g} ({n_pos} positive, {n_neg} negative); need at least 2 of each to "
             "hold one out for validation. Annotate more documents or move label_threshold."
         )
-    exp = np.asarray([np.nan if expected[i] is None else float(expected[i]) for i in keep], np.float64)
     return TrainingData(
         ids=[ids[i] for i in keep],
         texts=[texts[i] for i in keep],

@@ -42,7 +42,7 @@ def train_quality_model(
     lineage: dict[str, Any] | None = None,
 ) -> TrainResult:
     t0 = time.time()
-    data = load_training_data(table, cfg.label_threshold, cfg.min_rows)
+    data = load_training_data(table, cfg.label_threshold, cfg.min_rows, cfg.label_from)
     sp = split(data, cfg.val_fraction, cfg.seed)
     objective = cfg.objective if cfg.model == "random_forest" else "classify"
     if decision_threshold is None:

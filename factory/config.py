@@ -150,6 +150,9 @@ class ClassifierConfig(Section):
         "classify", description="random_forest only: classify (quality_score = P(score >= label_threshold)) or regress (quality_score = predicted LLM score)"
     )
     label_threshold: float = Field(3.0, description="annotation score >= this is the positive class")
+    label_from: Literal["score", "expected_score"] = Field(
+        "score", description="label by the parsed score, or by the logprob expected score where one was logged"
+    )
     val_fraction: float = Field(0.25, gt=0, lt=1)
     seed: int = 0
     n_estimators: int = Field(200, ge=1)

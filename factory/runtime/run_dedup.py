@@ -88,7 +88,7 @@ class Phases:
                 writer.write_shard(f"{phase}.{row['name']}", None, {"in": 0, "out": 0}, extra={"stats": stats})
                 return {"name": row["name"]}
 
-            kwargs: dict[str, Any] = {"num_cpus": 1, "max_retries": 3}
+            kwargs: dict[str, Any] = {"num_cpus": 1}  # Ray retries a task lost with its worker (default 3)
             if self.concurrency:
                 kwargs["concurrency"] = self.concurrency
             try:

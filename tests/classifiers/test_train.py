@@ -169,3 +169,19 @@ def test_agreement_metrics_on_known_values():
     assert m["precision"] == pytest.approx(2 / 3, abs=1e-6) and m["recall"] == pytest.approx(2 / 3, abs=1e-6)
     assert m["roc_auc"] == pytest.approx(5 / 6, abs=1e-6)
     assert m["spearman_vs_llm_score"] == pytest.approx(0.9, abs=1e-6)
+
+
+def test_labels_from_expected_score_fall_back_to_the_parsed_score():
+    t = pa.table(
+        {
+            "id": [f"d{i}" for i in range(6)],
+            "text": ["x"] * 6,
+            "score": [0.0, 1.0, 1.0, 1.0, 0.0, 1.0],
+            "expected_score": [0.2, 1.4, 0.9, None, 1.6, 1.2],
+            "parse_status": ["ok"] * 6,
+        }
+    )
+    by_score = load_training_data(t, 1.0, 2)
+    by_expected = load_training_data(t, 1.0, 2, label_from="expected_score")
+    assert by_score.labels.tolist() == [0, 1, 1, 1, 0, 1]
+    assert by_expected.labels.tolist() == [0, 1, 0, 1, 1, 1]  # d3 has no expected score: its parsed score counts
