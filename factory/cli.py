@@ -28,8 +28,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> PipelineConfig:
     overrides = list(args.overrides)
-    if getattr(args, "address", None) and not str(args.address).startswith("http"):
-        overrides.append(f"ray.address={args.address}")
+    address = getattr(args, "address", None)
+    if address and args.command == "run":
+        if str(address).startswith("http"):
+            raise ConfigError(
+                f"--address {address} is a dashboard (Jobs API) address: use `factory submit CONFIG --address {address}`,"
+                " or give `factory run` the cluster's GCS address (auto, HEAD:6379 or ray://HEAD:10001)"
+            )
+        overrides.append(f"ray.address={address}")
     return load_config(args.config, overrides)
 
 

@@ -71,3 +71,8 @@ def test_rows_prints_a_version_and_a_side_table(tmp_path, capsys):
     _commit(store, "ingest-111", None, 3)
     assert main(["rows", "ingest-111", "--root", str(tmp_path), "--id", "2"]) == 0
     assert '"id": "2"' in capsys.readouterr().out
+
+
+def test_run_refuses_a_dashboard_address(capsys):
+    assert main(["run", str(REPO / "pipelines" / "quickstart.yaml"), "--address", "http://127.0.0.1:8265"]) == 2
+    assert "factory submit" in capsys.readouterr().err
