@@ -400,13 +400,10 @@ def load_probe(path: str | Path, device: str = "cpu") -> tuple[PhiModel, dict[st
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
-    import yaml
+    """``--set lr=3e-4`` -> {"lr": 3e-4}: the same KEY=VALUE reading (value as YAML) as the factory CLI."""
+    from factory.config import parse_override
 
-    out = {}
-    for it in items:
-        k, _, v = it.partition("=")
-        out[k] = yaml.safe_load(v)
-    return out
+    return {".".join(parts): value for parts, value in map(parse_override, items)}
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -33,7 +33,6 @@ are all in one partition.
 from __future__ import annotations
 
 import logging
-import pickle
 import shutil
 import time
 import uuid
@@ -46,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.pipeline import StageContext
+from factory.runtime.executor import run_marked_tasks
 from factory.runtime.registry import runner
 from factory.stages import dedup as dd
 from factory.store import BASE_SCHEMA, VersionWriter, merge_counts, write_parquet_atomic
@@ -68,40 +68,17 @@ class Phases:
         self.tasks: dict[str, dict[str, int]] = {}
 
     def run(self, phase: str, tasks: list[tuple[str, Any]], fn: Callable[[Any], dict]) -> dict[str, dict]:
-        import ray.data
-
-        writer = self.writer
+        writer, run_id = self.writer, self.run_id
         names = [n for n, _ in tasks]
         reused = sum(1 for n in names if writer.shard_done(f"{phase}.{n}"))
-        ran = 0
-        for attempt in range(PHASE_ATTEMPTS):
-            todo = [(n, p) for n, p in tasks if not writer.shard_done(f"{phase}.{n}")]
-            if not todo:
-                break
-            ran = len(todo) if attempt == 0 else ran
-            items = [{"name": n, "payload": pickle.dumps(p)} for n, p in todo]
-            run_id = self.run_id
 
-            def apply(row: dict[str, Any]) -> dict[str, Any]:
-                stats = fn(pickle.loads(row["payload"])) or {}
-                stats["run_id"] = run_id
-                writer.write_shard(f"{phase}.{row['name']}", None, {"in": 0, "out": 0}, extra={"stats": stats})
-                return {"name": row["name"]}
+        def work(marker: str, payload: Any) -> None:
+            stats = fn(payload) or {}
+            stats["run_id"] = run_id
+            writer.write_shard(marker, None, {"in": 0, "out": 0}, extra={"stats": stats})
 
-            kwargs: dict[str, Any] = {"num_cpus": 1}  # Ray retries a task lost with its worker (default 3)
-            if self.concurrency:
-                kwargs["concurrency"] = self.concurrency
-            try:
-                ds = ray.data.from_items(items, override_num_blocks=len(items))
-                ds.map(apply, **kwargs).take_all()
-            except Exception as e:  # a lost node can fail the whole execution: resubmit what is unfinished
-                if attempt == PHASE_ATTEMPTS - 1:
-                    raise
-                log.warning("phase %s attempt %d failed (%s: %s); resubmitting unfinished tasks", phase, attempt + 1, type(e).__name__, str(e)[:200])
-                time.sleep(1.0)
-        missing = [n for n in names if not writer.shard_done(f"{phase}.{n}")]
-        if missing:
-            raise RuntimeError(f"phase {phase}: tasks finished without a completion marker: {missing[:5]}")
+        marked = [(f"{phase}.{n}", p) for n, p in tasks]
+        ran = run_marked_tasks(writer, marked, work, concurrency=self.concurrency, attempts=PHASE_ATTEMPTS)
         self.tasks[phase] = {"ran": ran, "reused": reused}
         return {n: writer.shard_stats(f"{phase}.{n}")["stats"] for n in names}
 

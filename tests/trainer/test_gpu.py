@@ -25,36 +25,20 @@ def _qkv(T=256):
     return [torch.randn(2, 4, T, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)]
 
 
-def test_flash_attn_matches_sdpa():
+@pytest.mark.parametrize(
+    "fn_name, package",
+    [("flash_attention_fn", "flash_attn"), ("sdpa_flash_fn", None), ("sdpa_cudnn_fn", None)],
+    ids=["flash-attn package", "sdpa flash backend", "sdpa cudnn backend"],
+)
+def test_attention_backend_matches_fp32_math(fn_name, package):
     _need_cuda()
-    _need("flash_attn")
-    from trainer.engine import flash_attention_fn
+    if package:
+        _need(package)
+    from trainer import engine
     from trainer.model import sdpa_attention
 
     q, k, v = _qkv()
-    a = flash_attention_fn()(q, k, v, 0.0)
-    b = sdpa_attention(q.float(), k.float(), v.float(), 0.0)
-    assert (a.float() - b).abs().max().item() < 2e-2
-
-
-def test_sdpa_flash_backend_matches_math():
-    _need_cuda()
-    from trainer.engine import sdpa_flash_fn
-    from trainer.model import sdpa_attention
-
-    q, k, v = _qkv()
-    a = sdpa_flash_fn()(q, k, v, 0.0)
-    b = sdpa_attention(q.float(), k.float(), v.float(), 0.0)
-    assert (a.float() - b).abs().max().item() < 2e-2
-
-
-def test_sdpa_cudnn_backend_matches_math():
-    _need_cuda()
-    from trainer.engine import sdpa_cudnn_fn
-    from trainer.model import sdpa_attention
-
-    q, k, v = _qkv()
-    a = sdpa_cudnn_fn()(q, k, v, 0.0)
+    a = getattr(engine, fn_name)()(q, k, v, 0.0)
     b = sdpa_attention(q.float(), k.float(), v.float(), 0.0)
     assert (a.float() - b).abs().max().item() < 2e-2
 
