@@ -22,7 +22,9 @@ from classifiers.train import train_quality_model, write_artifacts
 from factory.config import ClassifierConfig
 from tests.classifiers.helpers import FAST_CLASSIFIER, annotated_sample
 
-N_FILES = 200
+# 800 files give ~184 held-out rows: measured over split seeds 0-7 here, held-out ROC-AUC was 0.76-0.82
+# (forest) and 0.81-0.87 (fastText); at 200 files (47 rows) it ranged 0.49-0.77, too noisy for a bar.
+N_FILES = 800
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_forest_learns_the_labels_and_writes_metrics(forest, sample):
     assert cm["fn"] + cm["tp"] == v["positives"]
     assert m["decision_threshold"] == 0.5
     # better than chance on held-out rows (the heuristic is visible in the first 64 tokens: docstrings, comments)
-    assert v["roc_auc"] > 0.6, v
+    assert v["roc_auc"] > 0.65, v
     assert m["lineage"]["annotations_version"] == "ann-test"
     preds = pq.read_table(out / "predictions.parquet")
     assert preds.num_rows == m["rows_used"]
@@ -92,7 +94,7 @@ def test_fasttext_trains_reloads_and_is_seeded(sample, tmp_path):
     assert loaded.kind == "fasttext" and loaded.make_featurizer() is None
     assert np.array_equal(loaded.predict_texts(texts), pa_)
     assert a.metrics["featurizer"].startswith("fasttext-text")
-    assert a.metrics["validation"]["roc_auc"] > 0.55  # ~47 held-out rows: a loose bar, still above chance
+    assert a.metrics["validation"]["roc_auc"] > 0.7, a.metrics["validation"]  # well above chance (0.5)
     assert len(set(np.round(pa_, 3))) > 5  # real probabilities, not a constant
 
 
