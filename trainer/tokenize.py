@@ -70,7 +70,10 @@ def _smollm2_dir() -> Path:
         if cached:
             return cached[-1].parent
         raise
-    out = cache_root() / "tokenizers" / gguf.stem
+    from importlib.metadata import version
+
+    # keyed by the model file and the converter: another transformers version may convert differently
+    out = cache_root() / "tokenizers" / f"{gguf.stem}-{gguf.stat().st_size}-transformers{version('transformers')}"
     if (out / "tokenizer.json").exists():
         return out
     from transformers import AutoTokenizer

@@ -22,7 +22,10 @@ def init_ray(cfg: RayConfig, progress: bool = True) -> dict:
             ray.init(address=address, **kwargs)
         else:
             obj = cfg.object_store_memory_mb * 2**20 if cfg.object_store_memory_mb else None
+            # "local": a fresh embedded instance even when a `ray start` cluster runs on this machine (a bare
+            # ray.init() would attach to it through /tmp/ray/ray_current_cluster and then refuse num_cpus)
             ray.init(
+                address="local",
                 num_cpus=cfg.num_cpus,
                 object_store_memory=obj,
                 include_dashboard=False,

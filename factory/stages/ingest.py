@@ -34,6 +34,12 @@ class IngestTask:
     label: str  # the `source` column for rows of this task
     paths: tuple[str, ...]
     spec: dict[str, Any]
+    # per path, the name its row ids hash: the path relative to its input root, prefixed by the source label,
+    # so a corpus read from another checkout or machine gets the same ids (meta keeps the absolute path)
+    names: tuple[str, ...] = ()
+
+    def id_name(self, path: str) -> str:
+        return self.names[self.paths.index(path)] if self.names else path
 
 
 def doc_id(source: str, position: int, text: str) -> str:
@@ -70,14 +76,28 @@ def demo_inputs(cfg: IngestConfig) -> list[tuple[str, list[str]]]:
         # with the same files: rank by a hash of the path relative to its root
         ranked = []
         for label, files in groups:
-            root = stdlib if label == "stdlib" else None
             for f in files:
-                rel = os.path.relpath(f, root) if root else f.split("site-packages/", 1)[-1]
+                rel = demo_name(f, label).split("/", 1)[1]
                 ranked.append((xxhash.xxh64_intdigest(rel.encode("utf-8", "surrogateescape")), label, f))
         ranked.sort()
         keep = {f for _, _, f in ranked[: cfg.demo_max_files]}
         groups = [(label, [f for f in files if f in keep]) for label, files in groups]
     return [(label, files) for label, files in groups if files]
+
+
+def demo_name(path: str, label: str) -> str:
+    """A demo file's machine-independent name: ``stdlib/json/decoder.py``, ``site-packages/numpy/linalg/...``."""
+    if label == "stdlib":
+        rel = os.path.relpath(path, Path(sysconfig.get_paths()["stdlib"]).resolve())
+    else:
+        rel = path.split("site-packages/", 1)[-1].split("dist-packages/", 1)[-1]
+    return f"{label}/{rel}"
+
+
+def _input_name(path: str, root: Path, prefix: str) -> str:
+    """A user input's name relative to the input root (a single-file input is its file name)."""
+    rel = os.path.relpath(path, root) if root.is_dir() else Path(path).name
+    return f"{prefix}/{rel}"
 
 
 def _detect_format(path: Path, spec: InputSpec) -> str:
@@ -108,28 +128,37 @@ def plan(cfg: IngestConfig) -> list[IngestTask]:
     JSONL or Parquet file."""
     tasks: list[IngestTask] = []
 
-    def add(fmt: str, label: str, paths: list[str], spec: dict[str, Any]) -> None:
-        tasks.append(IngestTask(f"part-{len(tasks):05d}", fmt, label, tuple(paths), spec))
+    def add(fmt: str, label: str, paths: list[str], spec: dict[str, Any], name) -> None:
+        names = tuple(name(p) for p in paths)
+        tasks.append(IngestTask(f"part-{len(tasks):05d}", fmt, label, tuple(paths), spec, names))
 
     if not cfg.inputs:
         for label, files in demo_inputs(cfg):
             for i in range(0, len(files), cfg.rows_per_shard):
-                add("files", label, files[i : i + cfg.rows_per_shard], {})
+                add("files", label, files[i : i + cfg.rows_per_shard], {}, lambda p, lb=label: demo_name(p, lb))
         return tasks
+    seen_labels: dict[str, int] = {}
     for spec in cfg.inputs:
         root = Path(spec.path).expanduser()
         label = root.name or str(root)
+        # two inputs with the same folder name must not share id names
+        seen_labels[label] = seen_labels.get(label, 0) + 1
+        id_prefix = label if seen_labels[label] == 1 else f"{label}#{seen_labels[label]}"
         spec_d = spec.model_dump()
         # format "auto" decides per file: .jsonl / .parquet files are record files, anything else a document
         by_format: dict[str, list[str]] = {"files": [], "jsonl": [], "parquet": []}
         for f in _list_files(root, spec):
             by_format[_detect_format(Path(f), spec)].append(f)
         files = by_format["files"]
+
+        def name(p: str, root=root, prefix=id_prefix) -> str:
+            return _input_name(p, root, prefix)
+
         for i in range(0, len(files), cfg.rows_per_shard):
-            add("files", label, files[i : i + cfg.rows_per_shard], spec_d)
+            add("files", label, files[i : i + cfg.rows_per_shard], spec_d, name)
         for fmt in ("jsonl", "parquet"):
             for f in by_format[fmt]:
-                add(fmt, label, [f], spec_d)
+                add(fmt, label, [f], spec_d, name)
     return tasks
 
 
@@ -198,7 +227,7 @@ class Ingest:
             q.add(path, -1, "empty", f"{len(text)} chars")
             return None
         meta = {"path": path, "ext": Path(path).suffix, "bytes": len(data)}
-        return {"id": doc_id(path, 0, text), "text": text, "source": task.label, "meta": json.dumps(meta)}
+        return {"id": doc_id(task.id_name(path), 0, text), "text": text, "source": task.label, "meta": json.dumps(meta)}
 
     def _decode(self, data: bytes, src: str, pos: int, q: Quarantine) -> str | None:
         if b"\x00" in data[:BINARY_SNIFF_BYTES]:
@@ -261,7 +290,7 @@ class Ingest:
         meta = {k: v for k, v in obj.items() if k not in (field, id_field)}
         meta.update({"path": path, "position": pos})
         return {
-            "id": str(rid) if rid is not None else doc_id(path, pos, text),
+            "id": str(rid) if rid is not None else doc_id(task.id_name(path), pos, text),
             "text": text,
             "source": task.label,
             "meta": json.dumps(meta, default=str),

@@ -22,6 +22,16 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SAMPLE = 24
 
 
+def balanced_threshold(values: list[float]) -> tuple[float, int]:
+    """The cut (positive = value >= cut) that leaves the most rows in the smaller class, and that count."""
+    best = (values[0], 0)
+    for cut in sorted(set(values))[1:]:
+        smaller = min(sum(v >= cut for v in values), sum(v < cut for v in values))
+        if smaller > best[1]:
+            best = (cut, smaller)
+    return best
+
+
 def test_pipeline_on_real_smollm_annotations(ray_local, tmp_path):
     base = {
         "output_root": str(tmp_path / "out"),
@@ -32,17 +42,24 @@ def test_pipeline_on_real_smollm_annotations(ray_local, tmp_path):
     runs = run_pipeline(build_config({**base, "stages": ["ingest", "annotate"]}), progress=False)
     ann = runs[1].version
     t = ann.read()
-    scores = sorted(s for s, st in zip(t.column("score").to_pylist(), t.column("parse_status").to_pylist()) if st == "ok")
+    ok = [r for r in t.to_pylist() if r["parse_status"] == "ok"]
+    scores = sorted(r["score"] for r in ok)
     assert len(scores) >= 16, t.column("raw_reply").to_pylist()
-    # the smallest threshold above the lower half: both classes present whatever this model's scale
-    median = scores[len(scores) // 2]
-    thr = median if scores[0] < median else next(s for s in scores if s > median)
+    # labels from the argmax score at its most balanced cut; when this model gave (nearly) one score to all,
+    # from the logprob expected score instead, which is continuous: both classes present whatever its scale
+    label_from, values = "score", scores
+    thr, smaller = balanced_threshold(values)
+    if smaller < 3:
+        label_from, values = "expected_score", sorted(r["score"] if r["expected_score"] is None else r["expected_score"] for r in ok)
+        thr, smaller = balanced_threshold(values)
+    assert smaller >= 3, values
 
     cfg = build_config(
         {
             **base,
             "stages": ["ingest", "annotate", "train_classifier", "score", "filter"],
-            "classifier": {"model": "fasttext", "featurizer": "none", "label_threshold": thr, "min_rows": 16},
+            "classifier": {"model": "fasttext", "featurizer": "none", "label_threshold": thr, "label_from": label_from,
+                           "min_rows": 16},
             "filter": {"threshold": None, "top_fraction": 0.5, "num_workers": 2},
         }
     )

@@ -44,8 +44,9 @@ def test_local_engine_end_to_end(ray_local, tmp_path):
     assert t.schema.names == ANNOTATION_SCHEMA.names and t.num_rows == N
     assert len(set(t.column("id").to_pylist())) == N
     rows = t.to_pylist()
-    # stratified by source: the demo corpus has stdlib and site-packages files, the sample has both
-    assert {r["source"] for r in rows} == {"stdlib", "site-packages"}
+    # stratified by source: every source of the ingested demo files is in the sample (stdlib and
+    # site-packages wherever the 40 hash-ranked files include both, as they do with this project's packages)
+    assert {r["source"] for r in rows} == set(ingest.version.read(["source"]).column("source").to_pylist())
     tpl = load_template("annotate/phi1_code")
     for r in rows:
         assert r["parse_status"] == "ok", r["raw_reply"]  # constrained output: always a score token

@@ -125,7 +125,8 @@ def test_server_killed_and_restarted_mid_run(out_root, dataset_dir, server):
 
     def run():
         try:
-            result["v"] = run_annotate(_ctx(root, dataset_dir, server, cache))
+            # 20 retries (~2.5 min of capped backoff) outlast a slow restart of the server on a busy machine
+            result["v"] = run_annotate(_ctx(root, dataset_dir, server, cache, max_retries=20))
         except BaseException as e:  # surfaced below
             result["e"] = e
 

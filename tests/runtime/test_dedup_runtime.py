@@ -261,6 +261,13 @@ def test_rerun_after_driver_kill_recomputes_only_unfinished(ray_local, tmp_path)
     assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # tasks the dead driver had in flight may still finish and leave markers: wait until none appear for 1.5 s
+    last, stable_since = None, time.time()
+    while time.time() - stable_since < 1.5:
+        now = sorted(p.name for p in done_dir.iterdir())
+        if now != last:
+            last, stable_since = now, time.time()
+        time.sleep(0.1)
     sig_done = len(list(done_dir.glob("sig.*.json")))
     assert sig_done == len(data.data_files())  # the kill landed after the signature phase
     assert not any(p.name.startswith("near_dedup") for p in (store.root / "versions").iterdir())

@@ -17,17 +17,23 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are chosen, so none is handed out twice."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.fixture
 def ray_head():
     # a short temp dir: Ray's unix sockets live under it and socket paths are limited to ~107 bytes
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-    gcs, dash = free_port(), free_port()
+    gcs, dash, *agent_ports = free_ports(7)
     ray_bin = Path(sys.executable).with_name("ray")
     # as with an activated virtualenv: the job's `python` is the one this project is installed in
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{ray_bin.parent}{os.pathsep}{os.environ['PATH']}"}
@@ -36,9 +42,9 @@ def ray_head():
          f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}",
          # a second Ray on this machine (the session's ray_local) holds the default agent ports: the job agent
          # of this head would never come up and every submission would get 500 "No available agent"
-         *(f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                  "metrics-export-port", "runtime-env-agent-port",
-                                                  "ray-client-server-port"))],
+         *(f"--{name}={port}" for name, port in zip(("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "metrics-export-port", "runtime-env-agent-port",
+                                                     "ray-client-server-port"), agent_ports))],
         env=env,
         start_new_session=True,  # our own process group: stopping it never touches other Ray instances
         stdout=subprocess.DEVNULL,

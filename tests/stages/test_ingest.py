@@ -97,3 +97,41 @@ def test_demo_corpus_is_the_interpreters_own_code():
     assert len(files) == 200 and all(f.endswith(".py") for f in files)
     assert groups["stdlib"] and all("site-packages" not in f for f in groups["stdlib"])
     assert demo_inputs(IngestConfig(demo_max_files=200)) == demo_inputs(IngestConfig(demo_max_files=200))
+
+
+def _ingest_rows(cfg: IngestConfig) -> list[dict]:
+    return pa.concat_tables([Ingest(cfg).read_task(t).table for t in plan(cfg)]).sort_by("id").to_pylist()
+
+
+def test_ids_do_not_depend_on_where_the_corpus_lives(tmp_path):
+    for where in ("a", "b/deeper"):
+        d = tmp_path / where / "corpus"
+        (d / "pkg").mkdir(parents=True)
+        (d / "pkg" / "m.py").write_text("def f():\n    return 1\n")
+        (d / "docs.jsonl").write_text(json.dumps({"text": "a record"}) + "\n")
+    rows_a = _ingest_rows(IngestConfig(inputs=[InputSpec(path=str(tmp_path / "a" / "corpus"))]))
+    rows_b = _ingest_rows(IngestConfig(inputs=[InputSpec(path=str(tmp_path / "b/deeper" / "corpus"))]))
+    assert len(rows_a) == 2 and [r["id"] for r in rows_a] == [r["id"] for r in rows_b]
+    assert [json.loads(r["meta"])["path"] for r in rows_a] != [json.loads(r["meta"])["path"] for r in rows_b]
+    # a different file name (same text) is a different document
+    (tmp_path / "a" / "corpus" / "pkg" / "m.py").rename(tmp_path / "a" / "corpus" / "pkg" / "n.py")
+    rows_c = _ingest_rows(IngestConfig(inputs=[InputSpec(path=str(tmp_path / "a" / "corpus"))]))
+    assert {r["id"] for r in rows_c} != {r["id"] for r in rows_a}
+
+
+def test_two_inputs_with_the_same_folder_name_get_distinct_ids(tmp_path):
+    for where in ("x", "y"):
+        (tmp_path / where / "src").mkdir(parents=True)
+        (tmp_path / where / "src" / "same.py").write_text("x = 1\n")
+    cfg = IngestConfig(inputs=[InputSpec(path=str(tmp_path / w / "src")) for w in ("x", "y")])
+    rows = _ingest_rows(cfg)
+    assert len(rows) == 2 and len({r["id"] for r in rows}) == 2
+    assert {r["source"] for r in rows} == {"src"}
+
+
+def test_demo_ids_are_relative_to_the_interpreter_roots():
+    cfg = IngestConfig(demo_max_files=30, rows_per_shard=1000)
+    tasks = plan(cfg)
+    names = [n for t in tasks for n in t.names]
+    assert names and all(n.startswith(("stdlib/", "site-packages/")) for n in names)
+    assert not any(os.path.isabs(n.split("/", 1)[1]) for n in names)
