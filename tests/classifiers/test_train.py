@@ -22,8 +22,9 @@ from classifiers.train import train_quality_model, write_artifacts
 from factory.config import ClassifierConfig
 from tests.classifiers.helpers import FAST_CLASSIFIER, annotated_sample
 
-# 800 files give ~184 held-out rows: measured over split seeds 0-7 here, held-out ROC-AUC was 0.76-0.82
-# (forest) and 0.81-0.87 (fastText); at 200 files (47 rows) it ranged 0.49-0.77, too noisy for a bar.
+# 800 files give ~184 held-out rows: measured over split seeds 0-7 here, held-out ROC-AUC was 0.71-0.86
+# (forest on 64-token MiniLM) and 0.78-0.88 (fastText); a label-blind model sits at 0.50 +- 0.04 on 184 rows.
+# At 200 files (47 rows) it ranged 0.49-0.77: too noisy for any bar.
 N_FILES = 800
 
 
@@ -56,7 +57,7 @@ def test_forest_learns_the_labels_and_writes_metrics(forest, sample):
     assert cm["fn"] + cm["tp"] == v["positives"]
     assert m["decision_threshold"] == 0.5
     # better than chance on held-out rows (the heuristic is visible in the first 64 tokens: docstrings, comments)
-    assert v["roc_auc"] > 0.65, v
+    assert v["roc_auc"] > 0.62, v
     assert m["lineage"]["annotations_version"] == "ann-test"
     preds = pq.read_table(out / "predictions.parquet")
     assert preds.num_rows == m["rows_used"]
