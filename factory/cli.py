@@ -136,14 +136,16 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from factory.prompts import PROMPTS_DIR, SUFFIXES, load_template
+    from factory.prompts import list_refs, load_list, load_template, template_refs
 
     if args.action == "list":
-        refs = sorted(str(q.relative_to(PROMPTS_DIR).with_suffix("")) for q in PROMPTS_DIR.rglob("*") if q.suffix in SUFFIXES)
         print(f"{'template':<28} {'id':<32} {'hash':<16} variables")
-        for ref in refs:
+        for ref in template_refs():
             t = load_template(ref)
             print(f"{ref:<28} {t.id:<32} {t.hash[:16]:<16} {', '.join(t.variables)}")
+        print(f"\n{'list':<28} items")
+        for ref in list_refs():
+            print(f"{ref:<28} {len(load_list(ref))}")
         return 0
     if not args.template:
         print("error: prompts show/render need a template, e.g. annotate/phi1_code", file=sys.stderr)

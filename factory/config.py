@@ -28,6 +28,7 @@ STAGE_NAMES = (
     "train_classifier",
     "score",
     "filter",
+    "synthesize",
     "decontaminate",
     "pack",
     "probe",
@@ -185,6 +186,33 @@ class FilterConfig(Section):
         return self
 
 
+class SynthesizeConfig(Section):
+    """Synthetic textbooks and exercises (phi-1 / phi-1.5 / TinyStories diversity injection), appended to the
+    latest dataset version as new rows; every generation, kept or not, is audited in the ``generations`` table."""
+
+    textbooks: int = Field(0, ge=0, description="textbook sections to generate")
+    exercises: int = Field(0, ge=0, description="exercises (function + docstring + tests) to generate")
+    textbook_template: str = "synthesize/textbook"
+    exercise_template: str = "synthesize/exercise"
+    topics: str = Field("lists/topics", description="list file under prompts/: one topic a line")
+    audiences: str = Field("lists/audiences", description="list file: who the textbook is written for")
+    vocabulary: str = Field("lists/vocabulary", description="list file: words to weave in (TinyStories)")
+    function_verbs: str = Field("lists/function_verbs", description="list file: verbs of required function names")
+    function_nouns: str = Field("lists/function_nouns", description="list file: nouns of required function names")
+    words_per_prompt: int = Field(3, ge=0, description="random vocabulary words each textbook prompt must use")
+    seed_snippets: bool = Field(True, description="show each prompt a random snippet of the parent dataset (phi-1.5)")
+    snippet_chars: int = Field(300, ge=0)
+    seed: int = 0
+    max_tokens: int = Field(384, ge=8)
+    temperature: float = Field(0.8, ge=0, description="sampling temperature (each request carries its own seed)")
+    verify: bool = Field(True, description="exercises: run the generated tests in the sandbox; failures are dropped")
+    verify_timeout_s: float = Field(5.0, gt=0)
+    verify_memory_mb: int = Field(512, ge=64)
+    min_chars: int = Field(80, ge=1, description="textbook replies shorter than this are dropped as too_short")
+    batch_size: int = Field(4, ge=1)
+    rows_per_shard: int = Field(512, ge=1)
+
+
 class DecontaminateConfig(Section):
     """Drop rows that overlap a benchmark: word n-grams shared with a problem's prompt + canonical solution
     (GPT-3 / phi-1: 13-grams), or a function with a problem's name and first docstring sentence."""
@@ -214,7 +242,7 @@ class ProbeConfig(Section):
     micro_batch_size: int = Field(8, ge=1)
     humaneval_problems: int = Field(4, ge=0, description="HumanEval problems to sample for pass@k (0: skip)")
     max_new_tokens: int = Field(64, ge=1)
-    compare_unfiltered: bool = Field(True, description="also train on the dataset before score/filter, same budget")
+    compare_unfiltered: bool = Field(True, description="also train, at the same budget, on the dataset before score/filter and the one before synthesize")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_gpus: float = Field(0, ge=0, description="GPUs the probe's Ray task asks for")
 
@@ -231,6 +259,7 @@ class PipelineConfig(Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
@@ -265,6 +294,7 @@ SECTION_OF_STAGE = {
     "train_classifier": "classifier",
     "score": "filter",
     "filter": "filter",
+    "synthesize": "synthesize",
     "decontaminate": "decontaminate",
     "pack": "pack",
     "probe": "probe",

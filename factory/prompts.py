@@ -148,6 +148,24 @@ def _split_front_matter(raw: str, where: str) -> tuple[dict[str, Any], str]:
     return header, parts[2]
 
 
+def template_refs(root: Path | None = None) -> list[str]:
+    """Every template under prompts/: the files that open with a YAML header (list files do not)."""
+    root = Path(root) if root else PROMPTS_DIR
+    refs = []
+    for q in sorted(root.rglob("*")):
+        if q.is_file() and q.suffix in SUFFIXES:
+            with open(q, encoding="utf-8", errors="replace") as f:
+                if f.readline().strip() == "---":
+                    refs.append(str(q.relative_to(root).with_suffix("")))
+    return refs
+
+
+def list_refs(root: Path | None = None) -> list[str]:
+    """Every list file (topics, audiences, vocabulary...): ``prompts/lists/*.txt``."""
+    root = Path(root) if root else PROMPTS_DIR
+    return sorted(str(q.relative_to(root).with_suffix("")) for q in (root / "lists").glob("*.txt"))
+
+
 def find_template(ref: str, root: Path | None = None) -> Path:
     """``annotate/phi1_code`` -> prompts/annotate/phi1_code.<md|j2|...>; a path to a file is taken as is."""
     p = Path(ref).expanduser()
@@ -158,7 +176,7 @@ def find_template(ref: str, root: Path | None = None) -> Path:
         cand = root / f"{ref}{suffix}"
         if cand.is_file():
             return cand.resolve()
-    known = sorted(str(q.relative_to(root).with_suffix("")) for q in root.rglob("*") if q.suffix in SUFFIXES)
+    known = template_refs(root)
     raise TemplateError(f"no template {ref!r} under {root} (known: {', '.join(known) or 'none'})")
 
 

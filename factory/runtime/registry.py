@@ -19,7 +19,7 @@ def load_runners() -> dict[str, Callable]:
     # importing a module registers its runners; one line per stage family
     from factory.runtime import run_ingest  # noqa: F401
 
-    for optional in ("run_dedup", "run_annotate", "run_classify", "run_decontaminate", "run_probe"):
+    for optional in ("run_dedup", "run_annotate", "run_classify", "run_synthesize", "run_decontaminate", "run_probe"):
         try:
             __import__(f"factory.runtime.{optional}")
         except ModuleNotFoundError as e:

@@ -61,11 +61,32 @@ def run_pack(ctx: StageContext):
 
 
 def unfiltered_of(ctx: StageContext, dataset: Version) -> Version | None:
-    """The dataset as it was before any score/filter stage (phi-1's 'unfiltered' baseline), or None."""
-    chain = ctx.store.lineage(dataset.id)
-    if not any(v.stage in PRE_FILTER_STAGES for v in chain):
-        return None
-    return next((v for v in chain if v.kind == "dataset" and v.stage not in PRE_FILTER_STAGES), None)
+    """The dataset as it was before the first score/filter stage (phi-1's 'unfiltered' baseline), or None."""
+    chain = ctx.store.lineage(dataset.id)  # newest first
+    pre = [v for v in chain if v.stage in PRE_FILTER_STAGES]
+    return ctx.store.get(pre[-1].parent) if pre and pre[-1].parent else None
+
+
+def without_synthetic_of(ctx: StageContext, dataset: Version) -> Version | None:
+    """The dataset as it was before synthetic rows were added (phi-1's 'filtered, no textbooks'), or None."""
+    syn = next((v for v in ctx.store.lineage(dataset.id) if v.stage == "synthesize"), None)
+    return ctx.store.get(syn.parent) if syn and syn.parent else None
+
+
+def probe_targets(ctx: StageContext, tokens: Version) -> list[tuple[str, Version]]:
+    """(label, tokens version) pairs: the version under test first, then its baselines at the same budget,
+    as phi-1's Figure 2.1 compares unfiltered, filtered, and filtered + synthetic data."""
+    dataset = ctx.store.get(tokens.parent)
+    no_syn = without_synthetic_of(ctx, dataset)
+    unfiltered = unfiltered_of(ctx, dataset)
+    if not ctx.cfg.probe.compare_unfiltered or (no_syn is None and unfiltered is None):
+        return [("", tokens)]
+    targets = [("filtered+synthetic" if no_syn and unfiltered else "with synthetic" if no_syn else "filtered", tokens)]
+    if no_syn is not None:
+        targets.append(("filtered" if unfiltered else "without synthetic", pack_version(ctx, no_syn)[0]))
+    if unfiltered is not None:
+        targets.append(("unfiltered", pack_version(ctx, unfiltered)[0]))
+    return targets
 
 
 def _probe_task(version_id: str, lineage: list[dict[str, Any]], token_dir: str, out_root: str, probe: dict) -> list[str]:
@@ -91,24 +112,22 @@ def run_probe_stage(ctx: StageContext):
 
     cfg = ctx.cfg.probe
     tokens = ctx.need("tokens")
-    targets = [tokens]
-    if cfg.compare_unfiltered:
-        dataset = ctx.store.get(tokens.parent)
-        base = unfiltered_of(ctx, dataset)
-        if base is not None:
-            targets.append(pack_version(ctx, base)[0])
-    vid = ctx.version_id(tokens, extra={"baseline": [t.id for t in targets[1:]]})
+    targets = probe_targets(ctx, tokens)
+    baselines = [t for _, t in targets[1:]]
+    vid = ctx.version_id(tokens, extra={"baseline": [t.id for t in baselines]})
     hit = ctx.cached(vid)
     if hit:
         return hit, True
-    inputs = {"baseline_tokens": targets[1].id} if len(targets) > 1 else {}
+    inputs = {"baseline_tokens": baselines[0].id} if baselines else {}
+    if len(baselines) > 1:
+        inputs["baseline_tokens_2"] = baselines[1].id
     writer = ctx.begin(vid, "scorecard", tokens, inputs=inputs)
     out_root = writer.artifacts()
     cards: list[str] = []
     labels = {}
-    for t in targets:
+    for label, t in targets:
         dataset_id = t.parent
-        labels[dataset_id] = "filtered" if t is tokens and len(targets) > 1 else ("unfiltered" if t is not tokens else "")
+        labels[dataset_id] = label
         lineage = ctx.store.ancestry(t.id)
         token_dir = str(t.artifacts() / "tokens")
         cards += _remote(_probe_task, dataset_id, lineage, token_dir, str(out_root), cfg.model_dump(), num_gpus=cfg.num_gpus)
