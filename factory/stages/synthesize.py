@@ -139,7 +139,7 @@ def snippet_of(text: str, max_chars: int) -> str:
 # --------------------------------------------------------------------------------------------- parsing
 @dataclass(frozen=True)
 class Parsed:
-    status: str  # ok | empty_reply | too_short | no_code | syntax_error | wrong_function | no_tests
+    status: str  # ok | empty_reply | too_short | no_code | syntax_error | truncated | wrong_function | no_tests
     text: str = ""  # what a kept row holds
     program: str = ""  # exercises: what the sandbox runs
     detail: str = ""
@@ -237,6 +237,9 @@ class Synthesizer:
             p = parse_textbook(response.text, self.cfg.min_chars)
             return p, "kept" if p.status == "ok" else p.status
         p = parse_exercise(response.text, recipe.function_name)
+        if p.status == "syntax_error" and response.completion_tokens >= self.cfg.max_tokens:
+            # cut off by max_tokens mid-code: say so, the fix is a larger budget rather than a better model
+            return Parsed("truncated", p.text, "", f"{p.detail}; reply hit max_tokens={self.cfg.max_tokens}"), "truncated"
         if p.status != "ok":
             return p, p.status
         if not self.cfg.verify:

@@ -152,6 +152,13 @@ def test_exercises_are_verified_in_the_sandbox(body, status):
         assert "AssertionError" in parsed.detail
 
 
+def test_a_reply_cut_off_by_max_tokens_is_truncated_not_a_syntax_error():
+    s = _synth(max_tokens=64)
+    cut = "```python\ndef count_vowels(text):\n    return sum(1 for c in text if c in ('a', 'e',"
+    assert s.judge(_exercise(s), ChatResponse(key="k", text=cut, completion_tokens=64))[1] == "truncated"
+    assert s.judge(_exercise(s), ChatResponse(key="k", text=cut, completion_tokens=40))[1] == "syntax_error"
+
+
 def test_verification_can_be_switched_off():
     s = _synth(verify=False)
     reply = "```python\ndef count_vowels(text):\n    return 3\n\ndef check():\n    assert count_vowels('hello') == 2\n```"
