@@ -98,6 +98,39 @@ def run_requests(engine_cfg: EngineConfig, requests: list[ChatRequest], cache: R
     return responses, usage
 
 
+@dataclasses.dataclass
+class Replies:
+    responses: dict[str, ChatResponse]  # by request key: cached and fresh
+    fresh: list[ChatResponse]
+    n_cached: int
+    n_sent: int
+    usage: dict[str, Any]
+
+
+def reply_to(ctx: StageContext, requests: list[ChatRequest], batch_size: int) -> Replies:
+    """Every request's reply: from the response cache, else from the engine (each new reply is cached as it
+    arrives).  Raises ``EngineUnavailable`` when the server stayed down; budget errors are left to the caller."""
+    ecfg = ctx.cfg.engine
+    cache = ResponseCache(cache_dir_for(ctx))
+    responses = cache.get_many([r.key for r in requests])
+    n_cached = len(responses)
+    todo = list({r.key: r for r in requests if r.key not in responses}.values())  # each key sent once
+    log.info("%s: %d requests, %d cached, %d to send to %s", ctx.stage, len(requests), n_cached, len(todo), ecfg.kind)
+    fresh, usage = run_requests(ecfg, todo, cache, batch_size)
+    cache.close()
+    for r in fresh:
+        responses[r.key] = r
+    unavailable = [r for r in fresh if r.error_kind == "unavailable"]
+    if unavailable:
+        done = sum(1 for r in requests if r.key in responses and responses[r.key].error is None)
+        raise EngineUnavailable(
+            f"{ctx.stage}: the {ecfg.kind} engine stayed unavailable for {len(unavailable)} request(s) after "
+            f"{ecfg.max_retries} retries ({unavailable[0].error}); {done}/{len(requests)} replies are cached "
+            f"and a rerun resumes from them"
+        )
+    return Replies(responses, fresh, n_cached, len(todo), usage)
+
+
 def cache_dir_for(ctx: StageContext) -> Path:
     d = ctx.cfg.engine.cache_dir
     return Path(d).expanduser().resolve() if d else ctx.store.root / "cache" / "responses"
@@ -146,33 +179,13 @@ def run_annotate(ctx: StageContext):
     requests = [annot.request(d) for d in docs]
     keys = [r.key for r in requests]
 
-    cache = ResponseCache(cache_dir_for(ctx))
-    responses = cache.get_many(keys)
-    n_cached = len(responses)
-    todo, seen = [], set()
-    for r in requests:
-        if r.key not in responses and r.key not in seen:
-            seen.add(r.key)
-            todo.append(r)
-    log.info("annotate: %d docs, %d cached, %d to send to %s", len(docs), n_cached, len(todo), ecfg.kind)
-    fresh, usage = run_requests(ecfg, todo, cache, cfg.batch_size)
-    cache.close()
-    for r in fresh:
-        responses[r.key] = r
-
-    unavailable = [r for r in fresh if r.error_kind == "unavailable"]
-    if unavailable:
-        done = sum(1 for k in keys if k in responses and responses[k].error is None)
-        raise EngineUnavailable(
-            f"annotate: the {ecfg.kind} engine stayed unavailable for {len(unavailable)} request(s) after "
-            f"{ecfg.max_retries} retries ({unavailable[0].error}); {done}/{len(docs)} replies are cached "
-            f"and a rerun resumes from them"
-        )
-    budget_hit = [r for r in fresh if r.error_kind == "budget"]
+    replies = reply_to(ctx, requests, cfg.batch_size)
+    responses, usage = replies.responses, replies.usage
+    budget_hit = [r for r in replies.fresh if r.error_kind == "budget"]
     stats = {
         "sampled": len(docs),
-        "cached_responses": n_cached,
-        "new_requests": len(todo),
+        "cached_responses": replies.n_cached,
+        "new_requests": replies.n_sent,
         "usage": usage,
         "seconds": round(time.time() - t0, 3),
     }

@@ -19,12 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.engines.base import BudgetExhausted, EngineUnavailable, engine_identity
-from factory.engines.cache import ResponseCache
+from factory.engines.base import BudgetExhausted, engine_identity
 from factory.pipeline import StageContext
 from factory.runtime.executor import run_shard_tasks
 from factory.runtime.registry import runner
-from factory.runtime.run_annotate import cache_dir_for, engine_header, run_requests
+from factory.runtime.run_annotate import engine_header, reply_to
 from factory.stages.base import ShardResult
 from factory.stages.synthesize import Diversity, Synthesizer, plan_recipes, snippet_of
 from factory.store import BASE_SCHEMA, Version, merge_counts
@@ -70,22 +69,9 @@ def run_synthesize(ctx: StageContext) -> tuple[Version, bool]:
     snippets = _snippets(parent, {r.snippet_id for r in recipes if r.snippet_id}, cfg.snippet_chars)
     requests = [synth.request(r, snippets.get(r.snippet_id, "")) for r in recipes]
 
-    cache = ResponseCache(cache_dir_for(ctx))
-    responses = cache.get_many([r.key for r in requests])
-    n_cached = len(responses)
-    todo = list({r.key: r for r in requests if r.key not in responses}.values())
-    log.info("synthesize: %d generations, %d cached, %d to send to %s", len(requests), n_cached, len(todo), ecfg.kind)
-    fresh, usage = run_requests(ecfg, todo, cache, cfg.batch_size)
-    cache.close()
-    for r in fresh:
-        responses[r.key] = r
-    unavailable = [r for r in fresh if r.error_kind == "unavailable"]
-    if unavailable:
-        raise EngineUnavailable(
-            f"synthesize: the {ecfg.kind} engine stayed unavailable for {len(unavailable)} request(s) "
-            f"({unavailable[0].error}); finished replies are cached and a rerun resumes from them"
-        )
-    if any(r.error_kind == "budget" for r in fresh):
+    replies = reply_to(ctx, requests, cfg.batch_size)
+    responses = replies.responses
+    if any(r.error_kind == "budget" for r in replies.fresh):
         done = sum(1 for r in requests if r.key in responses and responses[r.key].error is None)
         raise BudgetExhausted(
             f"synthesize: budget spent after {done}/{len(requests)} generations; the replies are cached: rerun "
@@ -118,9 +104,9 @@ def run_synthesize(ctx: StageContext) -> tuple[Version, bool]:
         "generations": len(items),
         "kept": kept,
         "by_kind": {k: sum(1 for r in recipes if r.kind == k) for k in ("textbook", "exercise")},
-        "cached_responses": n_cached,
-        "new_requests": len(todo),
-        "usage": usage,
+        "cached_responses": replies.n_cached,
+        "new_requests": replies.n_sent,
+        "usage": replies.usage,
         "seconds": round(time.time() - t0, 3),
     }
     version = writer.commit(counts, schema=schema, extra={"synthesize_stats": stats}, config_yaml=ctx.config_yaml())
