@@ -7,7 +7,8 @@ work starts, and every error names the file, the dotted key and what was expecte
 Each stage family has exactly one config section (datatrove's "one MinhashConfig for every dedup step"): the
 exact and near-duplicate stages both read ``dedup``; score and filter read ``filter``.
 
-This module imports nothing of the project, so every layer can depend on it.
+This module imports nothing of the project at import time, so every layer can depend on it (the prompt refs are
+checked through the leaf module ``factory.prompts``, imported when a config is built).
 """
 
 from __future__ import annotations
@@ -385,6 +386,7 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None, sourc
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
     _check_inputs_exist(cfg, source)
+    _check_prompt_refs(cfg, source)
     return cfg
 
 
@@ -392,6 +394,26 @@ def _check_inputs_exist(cfg: PipelineConfig, source: str) -> None:
     for i, spec in enumerate(cfg.ingest.inputs):
         if not Path(spec.path).expanduser().exists():
             raise ConfigError(f"invalid config {source}:\n  ingest.inputs.{i}.path: input {spec.path!r} does not exist")
+
+
+def _check_prompt_refs(cfg: PipelineConfig, source: str) -> None:
+    """Templates and list files of the stages that will run must load now, not minutes into the run."""
+    from factory.prompts import TemplateError, load_list, load_template
+
+    refs: list[tuple[str, str, Any]] = []
+    if "annotate" in cfg.stages:
+        refs.append(("annotate.template", cfg.annotate.template, load_template))
+    if "synthesize" in cfg.stages:
+        s = cfg.synthesize
+        refs += [("synthesize.textbook_template", s.textbook_template, load_template),
+                 ("synthesize.exercise_template", s.exercise_template, load_template)]
+        refs += [(f"synthesize.{k}", getattr(s, k), load_list)
+                 for k in ("topics", "audiences", "vocabulary", "function_verbs", "function_nouns")]
+    for key, ref, load in refs:
+        try:
+            load(ref)
+        except TemplateError as e:
+            raise ConfigError(f"invalid config {source}:\n  {key}: {e}") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:

@@ -61,6 +61,21 @@ def test_missing_input_path(tmp_path):
     assert "ingest.inputs.0.path" in str(e.value) and "does not exist" in str(e.value)
 
 
+@pytest.mark.parametrize("key,value,stages", [
+    ("annotate.template", "annotate/no_such_template", ["ingest", "annotate"]),
+    ("synthesize.exercise_template", "synthesize/nope", ["ingest", "synthesize"]),
+    ("synthesize.topics", "lists/no_such_list", ["ingest", "synthesize"]),
+])
+def test_prompt_refs_of_the_stages_that_run_are_checked_up_front(tmp_path, key, value, stages):
+    section, field = key.split(".")
+    p = write(tmp_path, {"stages": stages, section: {field: value}})
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and f"{key}: no " in str(e.value) and value in str(e.value)
+    # the same value in a stage that does not run is not an error
+    assert load_config(write(tmp_path, {"stages": ["ingest"], section: {field: value}}))
+
+
 def test_input_missing_required_path(tmp_path):
     with pytest.raises(ConfigError, match=r"ingest.inputs.0.path: required key is missing"):
         load_config(write(tmp_path, {"ingest": {"inputs": [{"format": "jsonl"}]}}))

@@ -38,7 +38,7 @@ from factory.prompts import PromptTemplate, load_list
 from factory.stages.base import ShardResult
 from factory.store import BASE_SCHEMA
 
-KINDS = ("textbook", "exercise")
+TEMPLATE_VARIABLES = {"textbook": {"topic", "audience", "words", "snippet"}, "exercise": {"function_name", "topic"}}
 _KIND_CODE = {"textbook": 1, "exercise": 2}  # part of each recipe's RNG seed
 
 GENERATION_SCHEMA = pa.schema(
@@ -212,7 +212,12 @@ class Synthesizer:
     def from_config(cls, cfg: SynthesizeConfig, identity: dict[str, Any]) -> "Synthesizer":
         from factory.prompts import load_template
 
-        return cls(cfg, {"textbook": load_template(cfg.textbook_template), "exercise": load_template(cfg.exercise_template)}, identity)
+        templates = {"textbook": load_template(cfg.textbook_template), "exercise": load_template(cfg.exercise_template)}
+        for kind, t in templates.items():
+            if set(t.variables) != TEMPLATE_VARIABLES[kind]:
+                raise SynthesizeError(f"{t.path}: a {kind} template must declare exactly the variables "
+                                      f"{sorted(TEMPLATE_VARIABLES[kind])} (it declares {list(t.variables)})")
+        return cls(cfg, templates, identity)
 
     def template_info(self, kind: str) -> dict[str, str]:
         t = self.templates[kind]

@@ -68,6 +68,15 @@ def test_requests_carry_the_recipe_and_distinct_keys():
     assert s.request(recipes[0], snippet="other").key != reqs[0].key
 
 
+def test_a_template_with_other_variables_is_refused(tmp_path):
+    from factory.stages.synthesize import SynthesizeError
+
+    bad = tmp_path / "book.md"
+    bad.write_text("---\nname: x\nversion: 1\nvariables: [topic]\noutput: {type: text}\n---\nWrite about {{ topic }}.\n")
+    with pytest.raises(SynthesizeError, match="must declare exactly the variables"):
+        Synthesizer.from_config(SynthesizeConfig(textbook_template=str(bad)), IDENT)
+
+
 # --------------------------------------------------------------------------------------------- parsers
 GOOD = '''def count_vowels(text):
     """Return how many vowels (a, e, i, o, u) ``text`` has. Example: count_vowels("hello") == 2."""
