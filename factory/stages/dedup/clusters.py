@@ -130,6 +130,13 @@ DUPLICATES_SCHEMA = pa.schema(
 )
 
 
+def _candidate_columns(t: pa.Table) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray | None, list]:
+    """What choosing a representative reads: doc keys, ids, lengths, scores (None when no row has one), paths."""
+    scores = t.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+    return (t.column("doc").to_numpy(), t.column("id").to_pylist(), t.column("length").to_numpy(),
+            scores if np.isfinite(scores).any() else None, t.column("path").to_pylist())
+
+
 def pick_representatives(members: pa.Table, keep: str) -> tuple[pa.Table, np.ndarray]:
     """Members of whole components: columns root (int64), doc (int64), id, length, score, path, sig (binary).
     Returns (clusters side-table rows, doc keys to drop) — one representative per component by ``keep``,
@@ -138,12 +145,7 @@ def pick_representatives(members: pa.Table, keep: str) -> tuple[pa.Table, np.nda
         return CLUSTERS_SCHEMA.empty_table(), np.zeros(0, np.int64)
     members = members.sort_by([("root", "ascending"), ("id", "ascending")])
     root = members.column("root").to_numpy()
-    doc = members.column("doc").to_numpy()
-    ids = members.column("id").to_pylist()
-    lengths = members.column("length").to_numpy()
-    scores = members.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-    has_scores = bool(np.isfinite(scores).any())
-    paths = members.column("path").to_pylist()
+    doc, ids, lengths, scores, paths = _candidate_columns(members)
     sig_bytes = members.column("sig").to_pylist()
     gs = np.flatnonzero(np.r_[True, root[1:] != root[:-1]])
     ge = np.r_[gs[1:], len(root)]
@@ -151,7 +153,7 @@ def pick_representatives(members: pa.Table, keep: str) -> tuple[pa.Table, np.nda
     drops: list[int] = []
     for s, e in zip(gs, ge):
         gids = ids[s:e]
-        order = rank_order(gids, lengths[s:e], scores[s:e] if has_scores else None, keep)
+        order = rank_order(gids, lengths[s:e], None if scores is None else scores[s:e], keep)
         rep = s + int(order[0])
         rep_sig = np.frombuffer(sig_bytes[rep], dtype=np.uint32)
         for i in range(s, e):
@@ -191,12 +193,7 @@ def exact_groups(rows: pa.Table, keep: str) -> tuple[pa.Table, np.ndarray]:
         return DUPLICATES_SCHEMA.empty_table(), np.zeros(0, np.int64)
     rows = rows.sort_by([("hash", "ascending"), ("id", "ascending")])
     hashes = rows.column("hash").to_pylist()
-    doc = rows.column("doc").to_numpy()
-    ids = rows.column("id").to_pylist()
-    lengths = rows.column("length").to_numpy()
-    scores = rows.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-    has_scores = bool(np.isfinite(scores).any())
-    paths = rows.column("path").to_pylist()
+    doc, ids, lengths, scores, paths = _candidate_columns(rows)
     out: dict[str, list] = {f.name: [] for f in DUPLICATES_SCHEMA}
     drops: list[int] = []
     s = 0
@@ -206,7 +203,7 @@ def exact_groups(rows: pa.Table, keep: str) -> tuple[pa.Table, np.ndarray]:
         while e < n and hashes[e] == hashes[s]:
             e += 1
         if e - s > 1:
-            order = rank_order(ids[s:e], lengths[s:e], scores[s:e] if has_scores else None, keep)
+            order = rank_order(ids[s:e], lengths[s:e], None if scores is None else scores[s:e], keep)
             kept = s + int(order[0])
             for i in range(s, e):
                 if i != kept:
