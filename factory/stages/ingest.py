@@ -39,7 +39,13 @@ class IngestTask:
     names: tuple[str, ...] = ()
 
     def id_name(self, path: str) -> str:
-        return self.names[self.paths.index(path)] if self.names else path
+        if not self.names:
+            return path
+        by_path = self.__dict__.get("_names_by_path")
+        if by_path is None:  # a dict once per task, not a list scan per file
+            by_path = dict(zip(self.paths, self.names))
+            object.__setattr__(self, "_names_by_path", by_path)
+        return by_path[path]
 
 
 def doc_id(source: str, position: int, text: str) -> str:
